@@ -1,1 +1,23 @@
-//! Wicket
+//! Wicket: an edge API gateway whose every policy is a WebAssembly component.
+//!
+//! The request path is in [`proxy`]; the plugin contract is `wit/plugin.wit`
+//! and its runtime is [`plugin`]; configuration flows from [`config`] (the
+//! file's format) to [`snapshot`] (a validated, immutable generation).
+
+pub mod admin;
+pub mod body;
+pub mod chain;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod plugin;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod state;
+pub mod upstream;
+
+pub use clock::Clock;
+pub use gateway::{Gateway, Options};

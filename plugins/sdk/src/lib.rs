@@ -134,6 +134,7 @@ macro_rules! export_plugin {
     };
 }
 
+#[allow(clippy::derivable_impls)] // generated type: cannot derive here
 impl Default for RequestPatch {
     fn default() -> Self {
         RequestPatch {
@@ -166,6 +167,7 @@ impl RequestPatch {
     }
 }
 
+#[allow(clippy::derivable_impls)] // generated type: cannot derive here
 impl Default for ResponsePatch {
     fn default() -> Self {
         ResponsePatch {

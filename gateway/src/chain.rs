@@ -1,0 +1,202 @@
+//! Running a route's plugin chain: `on-request` in order until one responds,
+//! then `on-response` in reverse for every plugin that let the request pass —
+//! the onion order. Failure policies are applied here.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::body::{self, Body};
+use crate::config::FailurePolicy;
+use crate::error::ProxyError;
+use crate::plugin::{
+    PluginResponse, Pool, RequestDecision, RequestPatch, RequestView, ResponseDecision, UpstreamOutcome,
+};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::Upstream;
+
+/// Where the request stands after the `on-request` pass.
+pub struct RequestPass {
+    /// Indices of the plugins that continued, and so get `on-response`.
+    pub continued: Vec<usize>,
+    /// The upstream the request goes to.
+    pub upstream: Arc<Upstream>,
+    /// Headers for the client's final response.
+    pub response_headers: HeaderMap,
+    /// Set when a plugin answered (or a fail-closed plugin failed): the
+    /// response to send instead of calling the upstream.
+    pub short_circuit: Option<http::Response<Body>>,
+}
+
+/// Run `on-request` for each plugin of `route`, applying patches to `parts`.
+pub async fn on_request(
+    snapshot: &Snapshot,
+    route: &Route,
+    parts: &mut http::request::Parts,
+    ctx: &RequestCtx<'_>,
+) -> RequestPass {
+    let mut pass = RequestPass {
+        continued: Vec::with_capacity(route.chain.len()),
+        upstream: route.upstream.clone(),
+        response_headers: HeaderMap::new(),
+        short_circuit: None,
+    };
+    for (i, pool) in route.chain.iter().enumerate() {
+        let view = ctx.view(parts, pass.upstream.name());
+        match pool.on_request(&view).await {
+            Ok(RequestDecision::Continue(patch)) => {
+                if let Err(e) = apply_request_patch(snapshot, pool, patch, parts, &mut pass) {
+                    pass.short_circuit = Some(e.to_response());
+                    return pass;
+                }
+                pass.continued.push(i);
+            }
+            Ok(RequestDecision::Respond(resp)) => {
+                pass.short_circuit = Some(plugin_response(resp));
+                return pass;
+            }
+            Err(err) => match pool.plugin().failure_policy() {
+                FailurePolicy::FailOpen => {
+                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed; skipped (fail-open)");
+                }
+                FailurePolicy::FailClosed => {
+                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed; request refused (fail-closed)");
+                    let e = ProxyError::Plugin {
+                        plugin: pool.plugin().name().to_string(),
+                        source: err,
+                    };
+                    pass.short_circuit = Some(e.to_response());
+                    return pass;
+                }
+            },
+        }
+    }
+    pass
+}
+
+fn apply_request_patch(
+    snapshot: &Snapshot,
+    pool: &Pool,
+    patch: RequestPatch,
+    parts: &mut http::request::Parts,
+    pass: &mut RequestPass,
+) -> Result<(), ProxyError> {
+    for name in &patch.remove_headers {
+        parts.headers.remove(name);
+    }
+    for (name, value) in patch.set_headers {
+        parts.headers.insert(name, value);
+    }
+    if let Some(path) = patch.path {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        // The path was validated at the boundary, so this only fails on an
+        // impossible combination; treat that like a bad plugin output.
+        parts.uri = pq.parse().map_err(|_| ProxyError::Plugin {
+            plugin: pool.plugin().name().to_string(),
+            source: crate::plugin::PluginError::InvalidOutput("path rewrite produced an invalid URI".into()),
+        })?;
+    }
+    if let Some(name) = patch.upstream {
+        pass.upstream = snapshot
+            .upstream(&name)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownUpstream {
+                plugin: pool.plugin().name().to_string(),
+                upstream: name,
+            })?;
+    }
+    for (name, value) in patch.response_headers {
+        pass.response_headers.append(name, value);
+    }
+    Ok(())
+}
+
+/// Run `on-response` in reverse over the plugins that continued.
+pub async fn on_response(
+    route: &Route,
+    pass: &RequestPass,
+    parts: &http::request::Parts,
+    ctx: &RequestCtx<'_>,
+    outcome: &UpstreamOutcome,
+    mut resp: http::Response<Body>,
+) -> http::Response<Body> {
+    for &i in pass.continued.iter().rev() {
+        let pool = &route.chain[i];
+        let view = ctx.view(parts, pass.upstream.name());
+        match pool.on_response(&view, outcome, resp.status(), resp.headers()).await {
+            Ok(ResponseDecision::Continue(patch)) => {
+                if let Some(status) = patch.status {
+                    *resp.status_mut() = status;
+                }
+                for name in &patch.remove_headers {
+                    resp.headers_mut().remove(name);
+                }
+                for (name, value) in patch.set_headers {
+                    resp.headers_mut().insert(name, value);
+                }
+            }
+            Ok(ResponseDecision::Replace(r)) => resp = plugin_response(r),
+            Err(err) => match pool.plugin().failure_policy() {
+                FailurePolicy::FailOpen => {
+                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed in on-response; skipped (fail-open)");
+                }
+                FailurePolicy::FailClosed => {
+                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed in on-response; response replaced (fail-closed)");
+                    resp = ProxyError::Plugin {
+                        plugin: pool.plugin().name().to_string(),
+                        source: err,
+                    }
+                    .to_response();
+                }
+            },
+        }
+    }
+    resp
+}
+
+/// Per-request facts plugins see besides the head.
+pub struct RequestCtx<'a> {
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Host as the client sent it.
+    pub authority: &'a str,
+    /// Client `ip:port`.
+    pub client_addr: &'a str,
+    /// Route name.
+    pub route: &'a str,
+    /// Path parameters.
+    pub params: &'a [(String, String)],
+}
+
+impl<'a> RequestCtx<'a> {
+    fn view<'b>(&'b self, parts: &'b http::request::Parts, upstream: &'b str) -> RequestView<'b> {
+        RequestView {
+            parts,
+            scheme: self.scheme,
+            authority: self.authority,
+            client_addr: self.client_addr,
+            route: self.route,
+            params: self.params,
+            upstream,
+        }
+    }
+}
+
+fn plugin_response(r: PluginResponse) -> http::Response<Body> {
+    let mut resp = http::Response::new(body::full(r.body));
+    *resp.status_mut() = r.status;
+    for (name, value) in r.headers {
+        resp.headers_mut().append(name, value);
+    }
+    // The body is complete, so its length is known; a plugin's own framing
+    // headers must not contradict it.
+    resp.headers_mut().remove(http::header::TRANSFER_ENCODING);
+    resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    if resp.status() == StatusCode::NO_CONTENT || resp.status() == StatusCode::NOT_MODIFIED {
+        *resp.body_mut() = body::empty();
+    }
+    resp
+}

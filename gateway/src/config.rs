@@ -1,0 +1,413 @@
+//! The configuration file's format: what serde reads, nothing more.
+//!
+//! Config flows one way: file → [`parse`] (serde, unknown fields rejected, errors
+//! located by path) → [`crate::snapshot::Snapshot::build`] (validation, plugins
+//! compiled and initialised) → an immutable snapshot. Field names are
+//! snake_case; enumerated values are kebab-case.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway accepts client traffic.
+    pub listeners: Vec<Listener>,
+    /// The admin listener (metrics, status, reload). Off when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Engine-wide settings of the plugin runtime.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Log one line per request at `info` on target `wicket::access`.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    /// Plugins by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Upstreams by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, tried by host then path; order matters only for error messages.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A client-facing listener (HTTP/1.1 and HTTP/2 cleartext on one port).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port`; port 0 picks a free port.
+    pub address: SocketAddr,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port`; keep it on loopback or a private network.
+    pub address: SocketAddr,
+}
+
+/// Engine-wide plugin runtime settings. Changing these needs a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Directory for precompiled modules; `~/.cache/wicket` when absent.
+    #[serde(default)]
+    pub module_cache: Option<String>,
+    /// Disable the precompiled-module cache.
+    #[serde(default)]
+    pub no_module_cache: bool,
+    /// Total plugin instances the engine can hold at once, all plugins and
+    /// generations together.
+    #[serde(default = "default_instance_slots")]
+    pub instance_slots: u32,
+    /// The largest memory cap any plugin may ask for, in MiB.
+    #[serde(default = "default_max_memory_mb")]
+    pub max_memory_mb: u32,
+}
+
+fn default_instance_slots() -> u32 {
+    1000
+}
+fn default_max_memory_mb() -> u32 {
+    256
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            module_cache: None,
+            no_module_cache: false,
+            instance_slots: default_instance_slots(),
+            max_memory_mb: default_max_memory_mb(),
+        }
+    }
+}
+
+/// One plugin: a component file and how it is run.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to the `.wasm` component, relative to the config file's directory.
+    pub module: String,
+    /// Resource limits per instance.
+    #[serde(default)]
+    pub limits: Limits,
+    /// What happens to a request when this plugin fails.
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    /// Whether instances are reused across requests.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory cap per instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Wall-clock deadline for one hook call, in milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Most instances alive at once per (plugin, route config); requests wait
+    /// for a free one.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Most headers a hook may return in one list.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: u32,
+    /// Most bytes of header names and values a hook may return.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Largest response body a hook may return, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u32,
+}
+
+fn default_memory_mb() -> u32 {
+    32
+}
+fn default_deadline_ms() -> u64 {
+    50
+}
+fn default_instances() -> u32 {
+    16
+}
+fn default_max_headers() -> u32 {
+    64
+}
+fn default_max_header_bytes() -> u32 {
+    32 * 1024
+}
+fn default_max_body_bytes() -> u32 {
+    1024 * 1024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: default_memory_mb(),
+            deadline_ms: default_deadline_ms(),
+            instances: default_instances(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+/// What a plugin failure (trap, deadline, memory cap, invalid output) does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer the client with a 500 JSON error. The default, because a failed
+    /// auth or rate-limit plugin must never silently let traffic through.
+    #[default]
+    FailClosed,
+    /// Skip the plugin, log and count the failure, and go on.
+    FailOpen,
+}
+
+/// Instance reuse.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Initialised instances are reused across requests (fast).
+    #[default]
+    Pooled,
+    /// Every hook call gets a fresh instance, initialised with its config.
+    PerRequest,
+}
+
+/// A named group of endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// At least one endpoint.
+    pub endpoints: Vec<EndpointConfig>,
+    /// How endpoints are picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// TCP connect deadline in milliseconds (504 when it passes).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Deadline for the response head in milliseconds (504 when it passes).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_idle() -> usize {
+    64
+}
+
+/// One endpoint of an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port`.
+    pub address: SocketAddr,
+    /// Relative share of traffic (weighted balancing); 1 when absent.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Endpoint selection.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each endpoint in turn; weights are ignored.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round-robin: shares follow the weights, interleaved.
+    Weighted,
+}
+
+/// A route: what it matches, where it goes, which plugins run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, shown to plugins and in logs and metrics.
+    pub name: String,
+    /// What requests it takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// The upstream's name.
+    pub upstream: String,
+    /// The plugin chain, in `on-request` order.
+    #[serde(default)]
+    pub plugins: Vec<ChainEntryConfig>,
+}
+
+/// A route's request matcher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`); any host
+    /// when absent. The port is ignored.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path pattern: `/users/{id}`, `/static/{*rest}`.
+    pub path: String,
+    /// Accepted methods; all when absent.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+/// One plugin in a route's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainEntryConfig {
+    /// The plugin's name under `plugins`.
+    pub name: String,
+    /// The plugin's configuration for this route, handed to `init` as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// One problem in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// A path into the file such as `routes[2].plugins[0].config`, or the
+    /// file's line and column for syntax errors.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `location`.
+    pub fn at(location: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// All the problems found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// Parse YAML text into a [`Config`], naming the location of any error.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::at("<file>", "the file is empty"));
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let position = inner
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        let location = if path == "." || path.is_empty() {
+            "<file>".to_string()
+        } else {
+            path
+        };
+        ConfigError::at(location, format!("{}{position}", strip_position(&inner.to_string())))
+    })
+}
+
+/// serde_yaml_ng appends "at line L column C" to its messages; the position is
+/// reported separately, so drop the duplicate.
+fn strip_position(message: &str) -> &str {
+    match message.find(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams:
+  b: { endpoints: [{ address: "127.0.0.1:9" }] }
+routes:
+  - name: r
+    match: { path: "/" }
+    upstream: b
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.routes[0].name, "r");
+        assert_eq!(cfg.upstreams["b"].balance, Balance::RoundRobin);
+        assert!(cfg.access_log);
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let text = MINIMAL.replace("upstream: b", "upstream: b\n    colour: red");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.location, "routes[0]");
+        assert!(err.message.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let text = MINIMAL.replace("\"127.0.0.1:9\"", "nowhere");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.location, "upstreams.b.endpoints[0].address");
+    }
+
+    #[test]
+    fn empty_file_is_an_error() {
+        assert_eq!(parse("  \n").unwrap_err().location, "<file>");
+    }
+}

@@ -1,0 +1,212 @@
+//! The gateway's Prometheus metrics, including those plugins report through the
+//! `metrics` import. Served as text on the admin listener's `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Most distinct plugin metric names, so a plugin cannot grow the registry
+/// without bound.
+const MAX_PLUGIN_METRICS: usize = 256;
+/// Most labels per plugin observation.
+const MAX_LABELS: usize = 8;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// All metrics of one gateway process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    duration: HistogramFamily,
+    plugin_failures: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    plugin_counters: RwLock<HashMap<String, Family<Labels, Counter>>>,
+    plugin_histograms: RwLock<HashMap<String, HistogramFamily>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with the gateway's own metrics.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wicket");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests served, by route and status",
+            requests.clone(),
+        );
+        let duration = HistogramFamily::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by route",
+            duration.clone(),
+        );
+        let plugin_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that failed, by plugin and kind",
+            plugin_failures.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reload attempts, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            plugin_failures,
+            reloads,
+            plugin_counters: RwLock::new(HashMap::new()),
+            plugin_histograms: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Count one served request.
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        let route = route.to_string();
+        self.requests
+            .get_or_create(&vec![
+                ("route".to_string(), route.clone()),
+                ("status".to_string(), status.to_string()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("route".to_string(), route)])
+            .observe(seconds);
+    }
+
+    /// Count one plugin failure.
+    pub fn plugin_failure(&self, plugin: &str, kind: &str) {
+        self.plugin_failures
+            .get_or_create(&vec![
+                ("plugin".to_string(), plugin.to_string()),
+                ("kind".to_string(), kind.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Count one reload attempt; `result` is `ok` or `error`.
+    pub fn reload(&self, result: &str) {
+        self.reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    /// Value of a reload counter (for tests and the admin page).
+    pub fn reload_count(&self, result: &str) -> u64 {
+        self.reloads
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .get()
+    }
+
+    /// A plugin's `counter-add`.
+    pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: Labels, value: u64) {
+        let Some(labels) = plugin_labels(plugin, name, labels) else {
+            return;
+        };
+        let full = format!("plugin_{name}");
+        if let Some(f) = self.plugin_counters.read().unwrap_or_else(|p| p.into_inner()).get(&full) {
+            f.get_or_create(&labels).inc_by(value);
+            return;
+        }
+        let family = {
+            let mut map = self.plugin_counters.write().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
+                tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
+                return;
+            }
+            map.entry(full.clone())
+                .or_insert_with(|| {
+                    let f = Family::<Labels, Counter>::default();
+                    self.registry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .register(full.clone(), "Reported by a plugin", f.clone());
+                    f
+                })
+                .clone()
+        };
+        family.get_or_create(&labels).inc_by(value);
+    }
+
+    /// A plugin's `histogram-observe`.
+    pub fn plugin_histogram_observe(&self, plugin: &str, name: &str, labels: Labels, value: f64) {
+        let Some(labels) = plugin_labels(plugin, name, labels) else {
+            return;
+        };
+        let full = format!("plugin_{name}");
+        if let Some(f) = self.plugin_histograms.read().unwrap_or_else(|p| p.into_inner()).get(&full) {
+            f.get_or_create(&labels).observe(value);
+            return;
+        }
+        let family = {
+            let mut map = self.plugin_histograms.write().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
+                tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
+                return;
+            }
+            map.entry(full.clone())
+                .or_insert_with(|| {
+                    let f = HistogramFamily::new_with_constructor(latency_histogram);
+                    self.registry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .register(full.clone(), "Reported by a plugin", f.clone());
+                    f
+                })
+                .clone()
+        };
+        family.get_or_create(&labels).observe(value);
+    }
+
+    /// Everything in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Validate a plugin's metric name and labels, adding the `plugin` label.
+fn plugin_labels(plugin: &str, name: &str, mut labels: Labels) -> Option<Labels> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
+            })
+    };
+    if !ident(name) || labels.len() > MAX_LABELS || !labels.iter().all(|(k, v)| ident(k) && k != "plugin" && v.len() <= 128) {
+        tracing::warn!(plugin, name, "invalid plugin metric name or labels; observation dropped");
+        return None;
+    }
+    labels.push(("plugin".to_string(), plugin.to_string()));
+    Some(labels)
+}

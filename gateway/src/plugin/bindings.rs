@@ -1,0 +1,236 @@
+//! Generated bindings for `wit/plugin.wit` and the conversions at the boundary.
+//!
+//! Nothing outside this module names a generated type. Values coming out of a
+//! guest are validated here — header names and values, counts, sizes, status
+//! codes, paths — so a hostile plugin's output never reaches hyper unchecked.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::{
+    OutcomeResult, PluginError, PluginResponse, RequestDecision, RequestPatch, RequestView,
+    ResponseDecision, ResponsePatch, UpstreamOutcome,
+};
+use crate::config::Limits;
+use crate::upstream::UpstreamErrorKind;
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        imports: {
+            "wicket:plugin/state": async,
+        },
+        exports: { default: async },
+    });
+}
+
+pub(crate) use generated::wicket::plugin::{clock, log, metrics, state, types};
+pub(crate) use generated::{Policy, PolicyPre};
+
+/// Build the guest's view of a request.
+pub(crate) fn request_head(view: &RequestView<'_>) -> types::RequestHead {
+    let parts = view.parts;
+    types::RequestHead {
+        method: parts.method.as_str().to_string(),
+        scheme: view.scheme.to_string(),
+        authority: view.authority.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| types::Header {
+                name: n.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+        client_addr: view.client_addr.to_string(),
+        route: view.route.to_string(),
+        params: view
+            .params
+            .iter()
+            .map(|(n, v)| types::RouteParam {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        upstream: view.upstream.to_string(),
+    }
+}
+
+/// Build the guest's view of a response head.
+pub(crate) fn response_head(status: StatusCode, headers: &http::HeaderMap) -> types::ResponseHead {
+    types::ResponseHead {
+        status: status.as_u16(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| types::Header {
+                name: n.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Convert an upstream outcome to the guest's type.
+pub(crate) fn outcome(o: &UpstreamOutcome) -> types::UpstreamOutcome {
+    use types::UpstreamError as E;
+    types::UpstreamOutcome {
+        result: match o.result {
+            OutcomeResult::Status(s) => types::UpstreamResult::Status(s),
+            OutcomeResult::Skipped => types::UpstreamResult::Skipped,
+            OutcomeResult::Error(kind) => types::UpstreamResult::Error(match kind {
+                UpstreamErrorKind::ConnectFailed => E::ConnectFailed,
+                UpstreamErrorKind::Timeout => E::Timeout,
+                UpstreamErrorKind::Reset => E::Reset,
+                UpstreamErrorKind::NoEndpoint => E::NoEndpoint,
+                UpstreamErrorKind::Protocol => E::Protocol,
+            }),
+        },
+        latency_us: o.latency_us,
+        endpoint: o.endpoint.clone(),
+    }
+}
+
+/// Validate and convert what `on-request` returned.
+pub(crate) fn request_decision(
+    action: types::RequestAction,
+    limits: &Limits,
+) -> Result<RequestDecision, PluginError> {
+    match action {
+        types::RequestAction::Continue(p) => {
+            let mut budget = Budget::new(limits);
+            let patch = RequestPatch {
+                set_headers: headers(p.set_headers, &mut budget)?,
+                remove_headers: names(p.remove_headers, &mut budget)?,
+                path: p.path.map(path).transpose()?,
+                upstream: p.upstream,
+                response_headers: headers(p.response_headers, &mut budget)?,
+            };
+            Ok(RequestDecision::Continue(patch))
+        }
+        types::RequestAction::Respond(r) => Ok(RequestDecision::Respond(response(r, limits)?)),
+    }
+}
+
+/// Validate and convert what `on-response` returned.
+pub(crate) fn response_decision(
+    action: types::ResponseAction,
+    limits: &Limits,
+) -> Result<ResponseDecision, PluginError> {
+    match action {
+        types::ResponseAction::Continue(p) => {
+            let mut budget = Budget::new(limits);
+            Ok(ResponseDecision::Continue(ResponsePatch {
+                status: p.status.map(status).transpose()?,
+                set_headers: headers(p.set_headers, &mut budget)?,
+                remove_headers: names(p.remove_headers, &mut budget)?,
+            }))
+        }
+        types::ResponseAction::Replace(r) => Ok(ResponseDecision::Replace(response(r, limits)?)),
+    }
+}
+
+fn response(r: types::Response, limits: &Limits) -> Result<PluginResponse, PluginError> {
+    if r.body.len() > limits.max_body_bytes as usize {
+        return Err(PluginError::InvalidOutput(format!(
+            "body of {} bytes exceeds the limit of {}",
+            r.body.len(),
+            limits.max_body_bytes
+        )));
+    }
+    let mut budget = Budget::new(limits);
+    Ok(PluginResponse {
+        status: status(r.status)?,
+        headers: headers(r.headers, &mut budget)?,
+        body: Bytes::from(r.body),
+    })
+}
+
+/// What one hook result may still copy into the host.
+struct Budget {
+    headers: u32,
+    bytes: u32,
+    max_headers: u32,
+    max_bytes: u32,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            headers: 0,
+            bytes: 0,
+            max_headers: limits.max_headers,
+            max_bytes: limits.max_header_bytes,
+        }
+    }
+
+    fn take(&mut self, bytes: usize) -> Result<(), PluginError> {
+        self.headers += 1;
+        self.bytes = self.bytes.saturating_add(bytes.min(u32::MAX as usize) as u32);
+        if self.headers > self.max_headers {
+            return Err(PluginError::InvalidOutput(format!(
+                "more than {} headers",
+                self.max_headers
+            )));
+        }
+        if self.bytes > self.max_bytes {
+            return Err(PluginError::InvalidOutput(format!(
+                "headers exceed {} bytes",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn headers(
+    list: Vec<types::Header>,
+    budget: &mut Budget,
+) -> Result<Vec<(HeaderName, HeaderValue)>, PluginError> {
+    list.into_iter()
+        .map(|h| {
+            budget.take(h.name.len() + h.value.len())?;
+            let name = header_name(&h.name)?;
+            let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+                PluginError::InvalidOutput(format!("invalid value for header `{}`", h.name))
+            })?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn names(list: Vec<String>, budget: &mut Budget) -> Result<Vec<HeaderName>, PluginError> {
+    list.into_iter()
+        .map(|n| {
+            budget.take(n.len())?;
+            header_name(&n)
+        })
+        .collect()
+}
+
+fn header_name(name: &str) -> Result<HeaderName, PluginError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| PluginError::InvalidOutput(format!("invalid header name {name:?}")))
+}
+
+fn status(code: u16) -> Result<StatusCode, PluginError> {
+    match StatusCode::from_u16(code) {
+        Ok(s) if (200..=599).contains(&code) => Ok(s),
+        _ => Err(PluginError::InvalidOutput(format!(
+            "status {code} is not a final status (200-599)"
+        ))),
+    }
+}
+
+fn path(p: String) -> Result<String, PluginError> {
+    let valid = p.starts_with('/')
+        && !p.contains(['?', '#'])
+        && http::uri::PathAndQuery::try_from(p.as_str()).is_ok();
+    if valid {
+        Ok(p)
+    } else {
+        Err(PluginError::InvalidOutput(format!("invalid path {p:?}")))
+    }
+}

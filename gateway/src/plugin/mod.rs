@@ -1,0 +1,643 @@
+//! The plugin runtime: compiles components, keeps pools of initialised
+//! instances, and runs hooks under each plugin's limits.
+//!
+//! Lifecycle, per plugin:
+//! - load: the component is compiled once (or loaded from the precompiled
+//!   cache) and linked into an `InstancePre`, so per-request work is at most an
+//!   instantiation;
+//! - validate: one instance per (plugin, route config) is created and `init`ed
+//!   while the configuration is validated, so a bad config is refused before it
+//!   is applied, and that instance seeds the pool;
+//! - serve: hooks run on pooled instances; an instance that traps, hits its
+//!   deadline or memory cap, or returns invalid output is dropped, never reused.
+
+mod bindings;
+mod cache;
+mod host;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::clock::Clock;
+use crate::config::{FailurePolicy, Isolation, Limits, PluginConfig};
+use crate::metrics::Metrics;
+use crate::state::SharedState;
+use crate::upstream::UpstreamErrorKind;
+use bindings::{Policy, PolicyPre};
+use host::{GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceeded};
+
+/// How often the epoch advances; the resolution of plugin deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Why a plugin could not do its work.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    /// The guest trapped (panic, unreachable, out-of-bounds...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past the plugin's deadline.
+    #[error("deadline of {0} ms exceeded")]
+    Deadline(u64),
+    /// The guest asked for more memory than its cap.
+    #[error("{0}")]
+    MemoryCap(String),
+    /// The guest returned something the host refuses to use.
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+    /// `init` refused the configuration.
+    #[error("init rejected the config: {0}")]
+    Init(String),
+    /// The component could not be instantiated.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl PluginError {
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Trap(_) => "trap",
+            PluginError::Deadline(_) => "deadline",
+            PluginError::MemoryCap(_) => "memory",
+            PluginError::InvalidOutput(_) => "invalid_output",
+            PluginError::Init(_) => "init",
+            PluginError::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Engine-wide runtime: one per gateway process, shared by every generation.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<PathBuf>,
+    clock: Clock,
+    state: SharedState,
+    metrics: Arc<Metrics>,
+    /// Compiled components by module digest, so a reload that keeps a module
+    /// does not compile it again; pruned by [`Runtime::retain_modules`].
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    max_memory_bytes: usize,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// Settings fixed for the life of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Directory of precompiled modules; `None` disables the cache.
+    pub module_cache: Option<PathBuf>,
+    /// Total instances across all plugins.
+    pub instance_slots: u32,
+    /// Largest memory cap a plugin may have.
+    pub max_memory_bytes: usize,
+}
+
+impl RuntimeOptions {
+    /// Options from the config file's `runtime` section.
+    pub fn from_config(cfg: &crate::config::RuntimeConfig) -> RuntimeOptions {
+        let module_cache = if cfg.no_module_cache {
+            None
+        } else {
+            cfg.module_cache
+                .as_ref()
+                .map(PathBuf::from)
+                .or_else(cache::default_dir)
+        };
+        RuntimeOptions {
+            module_cache,
+            instance_slots: cfg.instance_slots,
+            max_memory_bytes: cfg.max_memory_mb as usize * 1024 * 1024,
+        }
+    }
+}
+
+impl Runtime {
+    /// Build the engine (pooling allocator, epoch interruption) and linker.
+    pub fn new(
+        options: RuntimeOptions,
+        clock: Clock,
+        state: SharedState,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Runtime> {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        let slots = options.instance_slots.max(1);
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .max_memory_size(options.max_memory_bytes);
+        let mut config = wasmtime::Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Policy::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        // A plain thread, not a tokio task: the deadline must keep ticking even
+        // when every runtime worker is busy running guests.
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("wicket-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        match engine.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })?;
+        }
+
+        Ok(Runtime {
+            engine,
+            linker,
+            cache: options.module_cache,
+            clock,
+            state,
+            metrics,
+            compiled: Mutex::new(HashMap::new()),
+            max_memory_bytes: options.max_memory_bytes,
+            ticker_stop,
+        })
+    }
+
+    /// The gateway's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The shared plugin state.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Load and link a plugin's component. `base` resolves a relative module path.
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        cfg: &PluginConfig,
+        base: &Path,
+    ) -> Result<Arc<Plugin>, String> {
+        if cfg.limits.memory_mb as usize * 1024 * 1024 > self.max_memory_bytes {
+            return Err(format!(
+                "limits.memory_mb {} exceeds runtime.max_memory_mb {}",
+                cfg.limits.memory_mb,
+                self.max_memory_bytes / (1024 * 1024)
+            ));
+        }
+        if cfg.limits.instances == 0 {
+            return Err("limits.instances must be at least 1".into());
+        }
+        if cfg.limits.deadline_ms == 0 {
+            return Err("limits.deadline_ms must be at least 1".into());
+        }
+        let path = base.join(&cfg.module);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("module: cannot read {}: {e}", path.display()))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let component = self
+            .component(&digest, &bytes)
+            .map_err(|e| format!("module: {} is not a usable component: {e}", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PolicyPre::new)
+            .map_err(|e| {
+                format!(
+                    "module: {} does not fit the wicket:plugin policy world: {e}",
+                    path.display()
+                )
+            })?;
+        Ok(Arc::new(Plugin {
+            name: Arc::from(name),
+            digest,
+            pre,
+            limits: cfg.limits.clone(),
+            failure: cfg.failure,
+            isolation: cfg.isolation,
+            runtime: self.clone(),
+        }))
+    }
+
+    fn component(&self, digest: &[u8; 32], bytes: &[u8]) -> wasmtime::Result<Component> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = compiled.get(digest) {
+            return Ok(c.clone());
+        }
+        let component = cache::load_or_compile(&self.engine, self.cache.as_deref(), digest, bytes)?;
+        compiled.insert(*digest, component.clone());
+        Ok(component)
+    }
+
+    /// Forget compiled modules whose digests are not in `keep`; called after a
+    /// reload so memory returns to its level.
+    pub fn retain_modules(&self, keep: &[[u8; 32]]) {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        compiled.retain(|d, _| keep.contains(d));
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A loaded plugin: its compiled, linked component and how it is run.
+pub struct Plugin {
+    name: Arc<str>,
+    digest: [u8; 32],
+    pre: PolicyPre<HostState>,
+    limits: Limits,
+    failure: FailurePolicy,
+    isolation: Isolation,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).finish()
+    }
+}
+
+impl Plugin {
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SHA-256 of the module's bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// What a failure of this plugin does to the request.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure
+    }
+
+    /// Create a pool for one route's configuration of this plugin, and prove
+    /// the configuration by initialising its first instance.
+    pub async fn pool(self: &Arc<Self>, config_json: String) -> Result<Arc<Pool>, PluginError> {
+        let pool = Arc::new(Pool {
+            plugin: self.clone(),
+            config: config_json,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(self.limits.instances as usize)),
+        });
+        let first = pool.fresh_instance().await?;
+        if self.isolation == Isolation::Pooled {
+            pool.put(first);
+        }
+        Ok(pool)
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let mut wasi = WasiCtxBuilder::new();
+        // Deny by default: no preopened directories, environment, arguments or
+        // network. Guest output goes to the log.
+        let out = GuestOutput {
+            plugin: self.name.clone(),
+        };
+        wasi.stdout(out.clone())
+            .stderr(out)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let rt = &self.runtime;
+        let state = HostState {
+            ctx: HostContext {
+                plugin: self.name.clone(),
+                clock: rt.clock.clone(),
+                state: rt.state.clone(),
+                metrics: rt.metrics.clone(),
+            },
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max_bytes: self.limits.memory_mb as usize * 1024 * 1024,
+            },
+            ticks_left: 0,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut ctx| {
+            let data = ctx.data_mut();
+            if data.ticks_left == 0 {
+                return Err(wasmtime::Error::new(DeadlineExceeded));
+            }
+            data.ticks_left -= 1;
+            // Yield at every tick so a busy guest never holds a worker thread
+            // for longer than one tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    fn arm_deadline(&self, store: &mut Store<HostState>) {
+        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        store.data_mut().ticks_left = ticks;
+        store.set_epoch_deadline(1);
+    }
+
+    fn classify(&self, err: wasmtime::Error) -> PluginError {
+        if err.is::<DeadlineExceeded>() {
+            return PluginError::Deadline(self.limits.deadline_ms);
+        }
+        if let Some(cap) = err.downcast_ref::<MemoryCapExceeded>() {
+            return PluginError::MemoryCap(cap.to_string());
+        }
+        let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+        if chain.iter().any(|c| c.contains("memory cap of")) {
+            return PluginError::MemoryCap(chain.join(": "));
+        }
+        PluginError::Trap(err.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+struct DeadlineExceeded;
+
+/// An initialised instance.
+struct Instance {
+    store: Store<HostState>,
+    policy: Policy,
+}
+
+/// The instances of one plugin with one route configuration.
+pub struct Pool {
+    plugin: Arc<Plugin>,
+    config: String,
+    idle: Mutex<Vec<Instance>>,
+    /// Bounds live instances (idle + in use) to `limits.instances`.
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("plugin", &self.plugin.name)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A borrowed instance; goes back to the pool only if the call succeeded.
+struct Lease<'a> {
+    pool: &'a Pool,
+    instance: Option<Instance>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            if self.pool.plugin.isolation == Isolation::Pooled {
+                self.pool.put(instance);
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// The plugin this pool runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The JSON configuration its instances were initialised with.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    fn put(&self, instance: Instance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+    }
+
+    async fn fresh_instance(&self) -> Result<Instance, PluginError> {
+        let plugin = &self.plugin;
+        let mut store = plugin.new_store();
+        // The deadline covers instantiation and `init` too: a new store's
+        // deadline starts at zero and would trap at once otherwise.
+        plugin.arm_deadline(&mut store);
+        let policy = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| match plugin.classify(e) {
+                PluginError::Trap(m) => PluginError::Instantiate(m),
+                other => other,
+            })?;
+        plugin.arm_deadline(&mut store);
+        match policy.call_init(&mut store, &self.config).await {
+            Ok(Ok(())) => Ok(Instance { store, policy }),
+            Ok(Err(message)) => Err(PluginError::Init(message)),
+            Err(e) => Err(plugin.classify(e)),
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, PluginError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("pool semaphores are never closed");
+        let idle = if self.plugin.isolation == Isolation::Pooled {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        } else {
+            None
+        };
+        let instance = match idle {
+            Some(i) => i,
+            None => self.fresh_instance().await?,
+        };
+        Ok(Lease {
+            pool: self,
+            instance: Some(instance),
+            _permit: permit,
+        })
+    }
+
+    /// Run `on-request`.
+    pub async fn on_request(&self, view: &RequestView<'_>) -> Result<RequestDecision, PluginError> {
+        let head = bindings::request_head(view);
+        let mut lease = self.lease().await?;
+        let plugin = &self.plugin;
+        let result = {
+            let inst = lease.instance.as_mut().expect("a lease holds an instance");
+            plugin.arm_deadline(&mut inst.store);
+            inst.policy.call_on_request(&mut inst.store, &head).await
+        };
+        self.finish(&mut lease, result)
+            .and_then(|a| bindings::request_decision(a, &plugin.limits))
+    }
+
+    /// Run `on-response`.
+    pub async fn on_response(
+        &self,
+        view: &RequestView<'_>,
+        outcome: &UpstreamOutcome,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Result<ResponseDecision, PluginError> {
+        let head = bindings::request_head(view);
+        let outcome = bindings::outcome(outcome);
+        let resp = bindings::response_head(status, headers);
+        let mut lease = self.lease().await?;
+        let plugin = &self.plugin;
+        let result = {
+            let inst = lease.instance.as_mut().expect("a lease holds an instance");
+            plugin.arm_deadline(&mut inst.store);
+            inst.policy
+                .call_on_response(&mut inst.store, &head, &outcome, &resp)
+                .await
+        };
+        self.finish(&mut lease, result)
+            .and_then(|a| bindings::response_decision(a, &plugin.limits))
+    }
+
+    /// Discard the instance on failure so a broken one is never reused.
+    fn finish<T>(&self, lease: &mut Lease<'_>, result: wasmtime::Result<T>) -> Result<T, PluginError> {
+        result.map_err(|e| {
+            lease.instance = None;
+            let err = self.plugin.classify(e);
+            self.plugin
+                .runtime
+                .metrics
+                .plugin_failure(&self.plugin.name, err.kind());
+            err
+        })
+    }
+
+    /// Idle instances held (for tests and the admin page).
+    pub fn idle_len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The request as plugins see it: the head being built for the upstream plus
+/// what routing decided.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// Method, URI and headers as they stand after earlier patches.
+    pub parts: &'a http::request::Parts,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Host as the client sent it.
+    pub authority: &'a str,
+    /// `ip:port` of the client.
+    pub client_addr: &'a str,
+    /// Matched route name.
+    pub route: &'a str,
+    /// Captured path parameters.
+    pub params: &'a [(String, String)],
+    /// The upstream chosen so far.
+    pub upstream: &'a str,
+}
+
+/// What `on-request` decided.
+#[derive(Debug)]
+pub enum RequestDecision {
+    /// Go on, with these changes.
+    Continue(RequestPatch),
+    /// Answer the client with this.
+    Respond(PluginResponse),
+}
+
+/// Validated changes to the upstream request.
+#[derive(Debug, Default)]
+pub struct RequestPatch {
+    /// Set (replace) these headers.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers first.
+    pub remove_headers: Vec<HeaderName>,
+    /// New path.
+    pub path: Option<String>,
+    /// Another upstream.
+    pub upstream: Option<String>,
+    /// Added to the client's final response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A complete response from a plugin.
+#[derive(Debug)]
+pub struct PluginResponse {
+    /// 200–599.
+    pub status: StatusCode,
+    /// Headers, validated.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// What `on-response` decided.
+#[derive(Debug)]
+pub enum ResponseDecision {
+    /// Keep the response with these changes.
+    Continue(ResponsePatch),
+    /// Send this instead.
+    Replace(PluginResponse),
+}
+
+/// Validated changes to the response head.
+#[derive(Debug, Default)]
+pub struct ResponsePatch {
+    /// New status.
+    pub status: Option<StatusCode>,
+    /// Set (replace) these headers.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers first.
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// What happened upstream, as `on-response` sees it.
+#[derive(Debug, Clone)]
+pub struct UpstreamOutcome {
+    /// Status, error or skipped.
+    pub result: OutcomeResult,
+    /// Microseconds until the response head or the failure.
+    pub latency_us: u64,
+    /// The endpoint tried.
+    pub endpoint: Option<String>,
+}
+
+/// The upstream call's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeResult {
+    /// It answered with this status.
+    Status(u16),
+    /// It failed.
+    Error(UpstreamErrorKind),
+    /// A plugin responded; the upstream was not called.
+    Skipped,
+}

@@ -1,0 +1,233 @@
+//! A validated, immutable generation of the configuration: routes, upstreams
+//! and initialised plugin chains. Each request reads one snapshot once and is
+//! served wholly by it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::plugin::{Plugin, Pool, Runtime};
+use crate::router::{Lookup, RouteKey, Router};
+use crate::upstream::Upstream;
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// Configured name.
+    pub name: Arc<str>,
+    /// Default upstream.
+    pub upstream: Arc<Upstream>,
+    /// Plugin pools in `on-request` order.
+    pub chain: Vec<Arc<Pool>>,
+}
+
+/// An immutable, validated configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with each applied configuration.
+    pub generation: u64,
+    /// SHA-256 (hex) of the configuration text.
+    pub digest: String,
+    /// Whether to log each request.
+    pub access_log: bool,
+    routes: Vec<Route>,
+    router: Router,
+    upstreams: HashMap<String, Arc<Upstream>>,
+    plugins: HashMap<String, Arc<Plugin>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Snapshot {
+    /// Validate `config` fully and build a snapshot from it: routes indexed,
+    /// upstreams built, every plugin compiled and `init`ed with each route's
+    /// config. `base` is the config file's directory. All problems are
+    /// reported, each with its location.
+    pub async fn build(
+        config: Config,
+        text: &str,
+        base: &Path,
+        runtime: &Arc<Runtime>,
+        generation: u64,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut errors = Vec::new();
+        if config.listeners.is_empty() {
+            errors.push(ConfigError::at("listeners", "at least one listener is required"));
+        }
+
+        let mut upstreams = HashMap::new();
+        for (name, u) in &config.upstreams {
+            match Upstream::new(name, u) {
+                Ok(up) => {
+                    upstreams.insert(name.clone(), Arc::new(up));
+                }
+                Err((field, msg)) => errors.push(ConfigError::at(format!("upstreams.{name}.{field}"), msg)),
+            }
+        }
+
+        // Compilation is CPU-heavy; keep it off the async workers so a reload
+        // does not stall traffic.
+        let mut plugins = HashMap::new();
+        for (name, p) in &config.plugins {
+            let (rt, name2, p2, base2) = (runtime.clone(), name.clone(), p.clone(), base.to_path_buf());
+            let loaded = tokio::task::spawn_blocking(move || rt.load(&name2, &p2, &base2))
+                .await
+                .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+            match loaded {
+                Ok(plugin) => {
+                    plugins.insert(name.clone(), plugin);
+                }
+                Err(msg) => {
+                    let (field, msg) = split_field(&msg);
+                    errors.push(ConfigError::at(format!("plugins.{name}{field}"), msg));
+                }
+            }
+        }
+
+        let mut keys = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            if r.name.is_empty() {
+                errors.push(ConfigError::at(at("name"), "must not be empty"));
+            } else if let Some(first) = names.insert(&r.name, i) {
+                errors.push(ConfigError::at(at("name"), format!("duplicate of routes[{first}].name {:?}", r.name)));
+            }
+            if !upstreams.contains_key(&r.upstream) && !config.upstreams.contains_key(&r.upstream) {
+                errors.push(ConfigError::at(at("upstream"), format!("no upstream named {:?}", r.upstream)));
+            }
+            if !r.matcher.path.starts_with('/') {
+                errors.push(ConfigError::at(at("match.path"), "must start with '/'"));
+            }
+            let methods = match &r.matcher.methods {
+                None => None,
+                Some(ms) => {
+                    let mut parsed = Vec::new();
+                    for (j, m) in ms.iter().enumerate() {
+                        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                            Ok(m) => parsed.push(m),
+                            Err(_) => errors.push(ConfigError::at(at(&format!("match.methods[{j}]")), format!("invalid method {m:?}"))),
+                        }
+                    }
+                    Some(parsed)
+                }
+            };
+            keys.push(RouteKey {
+                host: r.matcher.host.clone(),
+                path: r.matcher.path.clone(),
+                methods,
+            });
+        }
+        let router = match Router::build(&keys) {
+            Ok(r) => Some(r),
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|(i, m)| ConfigError::at(format!("routes[{i}].match.path"), m)));
+                None
+            }
+        };
+
+        // One pool per (plugin, config) pair: routes with the same plugin
+        // configuration share instances.
+        let mut pools: HashMap<(String, String), Arc<Pool>> = HashMap::new();
+        let mut routes = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let mut chain = Vec::new();
+            for (j, entry) in r.plugins.iter().enumerate() {
+                let at = format!("routes[{i}].plugins[{j}]");
+                let Some(plugin) = plugins.get(&entry.name) else {
+                    if !config.plugins.contains_key(&entry.name) {
+                        errors.push(ConfigError::at(format!("{at}.name"), format!("no plugin named {:?}", entry.name)));
+                    }
+                    continue;
+                };
+                let json = entry
+                    .config
+                    .as_ref()
+                    .map_or_else(|| "{}".to_string(), |v| v.to_string());
+                let key = (entry.name.clone(), json.clone());
+                if let Some(pool) = pools.get(&key) {
+                    chain.push(pool.clone());
+                    continue;
+                }
+                match plugin.pool(json).await {
+                    Ok(pool) => {
+                        pools.insert(key, pool.clone());
+                        chain.push(pool);
+                    }
+                    Err(e) => errors.push(ConfigError::at(format!("{at}.config"), e.to_string())),
+                }
+            }
+            if let Some(up) = upstreams.get(&r.upstream) {
+                routes.push(Route {
+                    name: Arc::from(r.name.as_str()),
+                    upstream: up.clone(),
+                    chain,
+                });
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Snapshot {
+            generation,
+            digest: hex(&Sha256::digest(text.as_bytes())),
+            access_log: config.access_log,
+            routes,
+            router: router.expect("no errors means the router was built"),
+            upstreams,
+            plugins,
+            metrics: runtime.metrics().clone(),
+        })
+    }
+
+    /// Find the route for a request.
+    pub fn lookup(&self, host: &str, method: &Method, path: &str) -> Result<(&Route, Vec<(String, String)>), Lookup> {
+        match self.router.lookup(host, method, path) {
+            Lookup::Found(i, params) => Ok((&self.routes[i], params)),
+            other => Err(other),
+        }
+    }
+
+    /// An upstream by name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
+    /// Digests of every module this snapshot uses.
+    pub fn module_digests(&self) -> Vec<[u8; 32]> {
+        self.plugins.values().map(|p| p.digest()).collect()
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Number of routes.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// `load` errors may start with `field: `; turn that into a location suffix.
+fn split_field(msg: &str) -> (String, String) {
+    for field in ["module", "limits.memory_mb", "limits.instances", "limits.deadline_ms"] {
+        if let Some(rest) = msg.strip_prefix(&format!("{field}: ")) {
+            return (format!(".{field}"), rest.to_string());
+        }
+        if msg.starts_with(&format!("{field} ")) {
+            return (format!(".{field}"), msg.to_string());
+        }
+    }
+    (String::new(), msg.to_string())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
