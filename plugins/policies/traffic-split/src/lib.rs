@@ -1,0 +1,64 @@
+//! Traffic-split policy plugin (canary routing): sends a request to another
+//! upstream when a rule matches it — by header, by cookie, or by a weighted,
+//! optionally sticky, split — and optionally rewrites its path.
+//!
+//! Place it last in the chain, after authentication (so a `consumer` sticky
+//! key sees the authenticated consumer). The decisions live in [`split`];
+//! this module is the thin glue to the host.
+
+mod config;
+mod hash;
+mod rewrite;
+mod split;
+
+use wicket_plugin_sdk::{
+    clock, export_plugin, metrics, Plugin, RequestAction, RequestHead, RequestPatch,
+};
+
+use config::TrafficSplit;
+
+impl Plugin for TrafficSplit {
+    fn init(config: &str) -> Result<Self, String> {
+        TrafficSplit::from_json(config)
+    }
+
+    fn on_request(&self, request: &RequestHead) -> RequestAction {
+        // The clock is only read when a weighted rule may need a roll.
+        let seed = if self.rules.iter().any(|r| r.weight.is_some()) {
+            hash::request_seed(clock::monotonic_ns(), request)
+        } else {
+            0
+        };
+        let decision = self.route(request, seed);
+        let served_by = decision.upstream.unwrap_or(&request.upstream);
+        count(&request.route, served_by);
+
+        let mut patch = RequestPatch::default();
+        if let Some(name) = &self.upstream_header {
+            patch = patch.response_header(name, served_by);
+        }
+        patch.upstream = decision.upstream.map(str::to_string);
+        patch.path = decision.path;
+        RequestAction::Continue(patch)
+    }
+}
+
+/// Count requests per route and chosen upstream (exported as `wicket_plugin_routed_total`).
+fn count(route: &str, upstream: &str) {
+    metrics::counter_add(
+        "routed",
+        &[
+            metrics::Label {
+                name: "route".to_string(),
+                value: route.to_string(),
+            },
+            metrics::Label {
+                name: "upstream".to_string(),
+                value: upstream.to_string(),
+            },
+        ],
+        1,
+    );
+}
+
+export_plugin!(TrafficSplit);
