@@ -202,7 +202,8 @@ pub struct UpstreamConfig {
     /// TCP connect deadline in milliseconds (504 when it passes).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Deadline for the response head in milliseconds (504 when it passes).
+    /// Deadline for the response head in milliseconds, connect included (504
+    /// when it passes).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Idle keep-alive connections kept per endpoint.
@@ -356,7 +357,9 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         } else {
             path
         };
-        ConfigError::at(location, format!("{}{position}", strip_position(&inner.to_string())))
+        let message = inner.to_string();
+        let message = strip_path(strip_position(&message), &location);
+        ConfigError::at(location, format!("{message}{position}"))
     })
 }
 
@@ -366,6 +369,15 @@ fn strip_position(message: &str) -> &str {
     match message.find(" at line ") {
         Some(i) => &message[..i],
         None => message,
+    }
+}
+
+/// serde_yaml_ng prefixes nested errors with its own path; the location is
+/// reported separately, so drop that prefix too.
+fn strip_path<'a>(message: &'a str, location: &str) -> &'a str {
+    match message.split_once(": ") {
+        Some((prefix, rest)) if location.starts_with(prefix) => rest,
+        _ => message,
     }
 }
 
@@ -395,7 +407,8 @@ routes:
     fn unknown_field_is_located() {
         let text = MINIMAL.replace("upstream: b", "upstream: b\n    colour: red");
         let err = parse(&text).unwrap_err();
-        assert_eq!(err.location, "routes[0]");
+        assert_eq!(err.location, "routes[0].colour");
+        assert!(err.message.starts_with("unknown field"), "{err}");
         assert!(err.message.contains("unknown field `colour`"), "{err}");
     }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod chain;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -128,7 +128,8 @@ impl Metrics {
         let Some(labels) = plugin_labels(plugin, name, labels) else {
             return;
         };
-        let full = format!("plugin_{name}");
+        // The exposition format adds `_total` to counters; don't double it.
+        let full = format!("plugin_{}", name.strip_suffix("_total").unwrap_or(name));
         if let Some(f) = self.plugin_counters.read().unwrap_or_else(|p| p.into_inner()).get(&full) {
             f.get_or_create(&labels).inc_by(value);
             return;

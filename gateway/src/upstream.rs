@@ -55,7 +55,6 @@ pub struct Upstream {
     next: AtomicUsize,
     client: Client<HttpConnector, Body>,
     request_timeout: Duration,
-    connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -98,7 +97,6 @@ impl Upstream {
             next: AtomicUsize::new(0),
             client,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
-            connect_timeout,
         })
     }
 
@@ -134,8 +132,7 @@ impl Upstream {
         *req.uri_mut() = uri;
         // The connect deadline is enforced by the connector; this one bounds
         // the whole wait for the response head, connect included.
-        let deadline = self.request_timeout + self.connect_timeout;
-        match tokio::time::timeout(deadline, self.client.request(req)).await {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamErrorKind::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),

@@ -1,0 +1,140 @@
+//! Hostile plugins: every limit the runtime enforces, each with the gateway
+//! still serving afterwards, and both failure policies.
+
+use std::time::Instant;
+
+use wicket_tests::{backend, fill, Backend, HttpClient, TestGateway};
+
+fn config(b: &Backend) -> String {
+    fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+plugins:
+  closed:
+    module: "{plugin:chaos}"
+    limits: { memory_mb: 16, deadline_ms: 100, instances: 4, max_headers: 32 }
+  open:
+    module: "{plugin:chaos}"
+    failure: fail-open
+    limits: { memory_mb: 16, deadline_ms: 100 }
+  fresh:
+    module: "{plugin:chaos}"
+    isolation: per-request
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes:
+  - { name: closed, match: { path: "/closed" }, upstream: b, plugins: [{ name: closed }] }
+  - { name: open, match: { path: "/open" }, upstream: b, plugins: [{ name: open }] }
+  - { name: fresh, match: { path: "/fresh" }, upstream: b, plugins: [{ name: fresh }] }
+"#,
+        &[("b", b)],
+    )
+}
+
+async fn start() -> (TestGateway, Backend) {
+    let b = backend("b").await;
+    let gw = TestGateway::start(&config(&b)).await;
+    (gw, b)
+}
+
+fn instance_id(r: &wicket_tests::Reply) -> String {
+    r.header("x-chaos-instance")
+        .expect("chaos reports its instance")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_fails_closed_and_the_next_request_gets_a_fresh_instance() {
+    let (gw, b) = start().await;
+    let c = HttpClient::new();
+    let before = instance_id(&c.get(&gw.url("/closed"), &[]).await);
+
+    let r = c.get(&gw.url("/closed"), &[("x-chaos", "trap")]).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"], "plugin_failed");
+    assert!(r.json()["message"].as_str().unwrap().contains("closed"));
+
+    // The trapped instance was the only idle one; it must not come back.
+    let after = instance_id(&c.get(&gw.url("/closed"), &[]).await);
+    assert_ne!(before, after, "a trapped instance was reused");
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_skips_a_failing_plugin() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let r = c.get(&gw.url("/open"), &[("x-chaos", "trap")]).await;
+    assert_eq!(r.status, 200, "fail-open must let the request through");
+    assert_eq!(r.json()["backend"], "b");
+    assert_eq!(r.header("x-chaos-instance"), None, "the failed plugin's patch must not apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_exceeded_stops_an_infinite_loop() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let started = Instant::now();
+    let r = c.get(&gw.url("/closed"), &[("x-chaos", "loop")]).await;
+    assert_eq!(r.status, 500);
+    assert!(r.json()["message"].as_str().unwrap().contains("deadline"), "{}", r.json());
+    // Generous bound: proves the loop was cut, not that it was fast.
+    assert!(started.elapsed().as_secs() < 10);
+    assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_obeyed_by_a_well_behaved_plugin() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    for _ in 0..50 {
+        assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_refused_and_the_gateway_keeps_serving() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let r = c.get(&gw.url("/closed"), &[("x-chaos", "memory")]).await;
+    assert_eq!(r.status, 500);
+    assert!(r.json()["message"].as_str().unwrap().contains("memory"), "{}", r.json());
+    let r = c.get(&gw.url("/open"), &[("x-chaos", "memory")]).await;
+    assert_eq!(r.status, 200);
+    for _ in 0..10 {
+        assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_plugin_output_is_refused() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    for mode in ["bad-header", "many-headers", "big-body", "respond-99", "respond-1000"] {
+        let r = c.get(&gw.url("/closed"), &[("x-chaos", mode)]).await;
+        assert_eq!(r.status, 500, "mode {mode}");
+        assert!(r.json()["message"].as_str().unwrap().contains("invalid output"), "{mode}: {}", r.json());
+    }
+    assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_response_failures_follow_the_policy_too() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let r = c.get(&gw.url("/closed"), &[("x-chaos-response", "trap")]).await;
+    assert_eq!(r.status, 500);
+    let r = c.get(&gw.url("/open"), &[("x-chaos-response", "trap")]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_isolation_gives_a_fresh_instance_each_call() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let a = instance_id(&c.get(&gw.url("/fresh"), &[]).await);
+    let b = instance_id(&c.get(&gw.url("/fresh"), &[]).await);
+    assert_ne!(a, b);
+    let p1 = instance_id(&c.get(&gw.url("/closed"), &[]).await);
+    let p2 = instance_id(&c.get(&gw.url("/closed"), &[]).await);
+    assert_eq!(p1, p2, "pooled instances are reused");
+}

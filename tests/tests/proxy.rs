@@ -1,0 +1,232 @@
+//! End-to-end: routing, balancing, forwarding headers, the chain's onion order,
+//! short-circuits and upstream failures, through real sockets and real plugins.
+
+use wicket_tests::{backend, fill, HttpClient, TestGateway};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_path_params_to_the_right_backend() {
+    let users = backend("users").await;
+    let files = backend("files").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams:
+  users: { endpoints: [{ address: "{backend:users}" }] }
+  files: { endpoints: [{ address: "{backend:files}" }] }
+routes:
+  - name: user
+    match: { path: "/users/{id}", methods: [GET] }
+    upstream: users
+  - name: static
+    match: { path: "/static/{*rest}" }
+    upstream: files
+"#,
+        &[("users", &users), ("files", &files)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = HttpClient::new();
+
+    let r = c.get(&gw.url("/users/42?x=1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["backend"], "users");
+    assert_eq!(r.json()["path"], "/users/42");
+    assert_eq!(r.json()["query"], "x=1");
+
+    let r = c.get(&gw.url("/static/css/site.css"), &[]).await;
+    assert_eq!(r.json()["backend"], "files");
+
+    let r = c.get(&gw.url("/nothing"), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no_route");
+
+    let r = c.send("POST", &gw.url("/users/42"), &[], Default::default()).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_balancing_follows_weights() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams:
+  pool:
+    balance: weighted
+    endpoints:
+      - { address: "{backend:a}", weight: 3 }
+      - { address: "{backend:b}", weight: 1 }
+routes:
+  - { name: all, match: { path: "/{*p}" }, upstream: pool }
+"#,
+        &[("a", &a), ("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = HttpClient::new();
+    for _ in 0..400 {
+        assert_eq!(c.get(&gw.url("/x"), &[]).await.status, 200);
+    }
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(a.hits.load(SeqCst), 300);
+    assert_eq!(b.hits.load(SeqCst), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_hop_by_hop_headers() {
+    let b = backend("b").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
+"#,
+        &[("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let r = HttpClient::new()
+        .get(
+            &gw.url("/h"),
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("connection", "x-secret"),
+                ("x-secret", "do-not-forward"),
+                ("keep-alive", "timeout=5"),
+            ],
+        )
+        .await;
+    assert_eq!(r.echoed_header("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(r.echoed_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert!(r.echoed_header("x-forwarded-host").unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(r.echoed_header("x-secret"), None);
+    assert_eq!(r.echoed_header("keep-alive"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_on_the_same_port() {
+    let b = backend("b").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
+"#,
+        &[("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let r = HttpClient::http2().get(&gw.url("/over-h2"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/over-h2");
+    assert!(r.echoed_header("host").unwrap().starts_with("127.0.0.1:"));
+}
+
+const CHAIN: &str = r#"
+listeners: [{ address: "127.0.0.1:0" }]
+plugins:
+  chaos: { module: "{plugin:chaos}" }
+  recover: { module: "{plugin:recover}" }
+  inject: { module: "{plugin:header-injector}" }
+upstreams:
+  b: { endpoints: [{ address: "{backend:b}" }] }
+  dead: { endpoints: [{ address: "127.0.0.1:1" }], connect_timeout_ms: 200 }
+  slow: { endpoints: [{ address: "{backend:b}" }], request_timeout_ms: 100 }
+routes:
+  - name: onion
+    match: { path: "/onion/{*p}" }
+    upstream: b
+    plugins:
+      - { name: chaos, config: { tag: a } }
+      - { name: chaos, config: { tag: b } }
+      - { name: chaos, config: { tag: c } }
+  - name: inject
+    match: { path: "/inject" }
+    upstream: b
+    plugins:
+      - { name: inject, config: { request: { x-injected: "yes" }, response: { x-from-plugin: "1" } } }
+  - name: dead
+    match: { path: "/dead" }
+    upstream: dead
+    plugins: [{ name: recover }]
+  - name: dead-plain
+    match: { path: "/dead-plain" }
+    upstream: dead
+  - name: slow
+    match: { path: "/slow/{ms}" }
+    upstream: slow
+    plugins: [{ name: recover }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_header_reaches_the_backend_and_the_client() {
+    let b = backend("b").await;
+    let gw = TestGateway::start(&fill(CHAIN, &[("b", &b)])).await;
+    let r = HttpClient::new().get(&gw.url("/inject"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-injected").as_deref(), Some("yes"));
+    assert_eq!(r.header("x-from-plugin"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_runs_in_order_and_unwinds_in_reverse() {
+    let b = backend("b").await;
+    let gw = TestGateway::start(&fill(CHAIN, &[("b", &b)])).await;
+    let r = HttpClient::new().get(&gw.url("/onion/x"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-chain").as_deref(), Some("a,b,c"));
+    assert_eq!(r.header("x-chain-response"), Some("c,b,a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_circuit_skips_the_rest_and_unwinds_the_earlier_plugins() {
+    let b = backend("b").await;
+    let gw = TestGateway::start(&fill(CHAIN, &[("b", &b)])).await;
+    // Every chaos instance reads `x-chaos`; the first one answers at once.
+    let r = HttpClient::new()
+        .get(&gw.url("/onion/x"), &[("x-chaos", "respond-418")])
+        .await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.json()["tag"], "a");
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 0, "upstream must not be called");
+    // Nothing before `a` continued, so no on-response ran.
+    assert_eq!(r.header("x-chain-response"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_response_replaces_an_upstream_failure() {
+    let b = backend("b").await;
+    let gw = TestGateway::start(&fill(CHAIN, &[("b", &b)])).await;
+    let c = HttpClient::new();
+
+    let r = c.get(&gw.url("/dead-plain"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_connect_failed");
+
+    let r = c.get(&gw.url("/dead"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-recovered"), Some("connect-failed"));
+
+    let r = c.get(&gw.url("/slow/2000"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-recovered"), Some("timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeout_is_504_and_reset_is_502() {
+    let b = backend("b").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }], request_timeout_ms: 100 } }
+routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
+"#,
+        &[("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = HttpClient::new();
+    let r = c.get(&gw.url("/slow/1000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    let r = c.get(&gw.url("/close"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(c.get(&gw.url("/ok"), &[]).await.status, 200);
+}
