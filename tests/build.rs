@@ -12,13 +12,19 @@ fn main() {
     for dir in ["sdk", "examples", "policies", "test-programs"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", plugins.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugins.join("Cargo.toml").display()
+    );
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
     let crates = plugin_crates(&plugins);
     for (_, dir) in &crates {
         println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -19,7 +19,11 @@ use crate::body::{self, Body};
 use crate::error::json_response;
 use crate::gateway::Shared;
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         tokio::select! {

@@ -10,7 +10,8 @@ use crate::body::{self, Body};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::plugin::{
-    PluginResponse, Pool, RequestDecision, RequestPatch, RequestView, ResponseDecision, UpstreamOutcome,
+    PluginResponse, Pool, RequestDecision, RequestPatch, RequestView, ResponseDecision,
+    UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::Upstream;
@@ -87,8 +88,13 @@ fn apply_request_patch(
     for (name, value) in patch.set_headers {
         parts.headers.insert(name, value);
     }
-    if let Some(path) = patch.path {
-        let pq = match parts.uri.query() {
+    if patch.path.is_some() || patch.query.is_some() {
+        let path = patch.path.unwrap_or_else(|| parts.uri.path().to_string());
+        let query = match patch.query {
+            Some(q) => (!q.is_empty()).then_some(q),
+            None => parts.uri.query().map(str::to_string),
+        };
+        let pq = match query {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
@@ -96,17 +102,20 @@ fn apply_request_patch(
         // impossible combination; treat that like a bad plugin output.
         parts.uri = pq.parse().map_err(|_| ProxyError::Plugin {
             plugin: pool.plugin().name().to_string(),
-            source: crate::plugin::PluginError::InvalidOutput("path rewrite produced an invalid URI".into()),
+            source: crate::plugin::PluginError::InvalidOutput(
+                "path rewrite produced an invalid URI".into(),
+            ),
         })?;
     }
     if let Some(name) = patch.upstream {
-        pass.upstream = snapshot
-            .upstream(&name)
-            .cloned()
-            .ok_or_else(|| ProxyError::UnknownUpstream {
-                plugin: pool.plugin().name().to_string(),
-                upstream: name,
-            })?;
+        pass.upstream =
+            snapshot
+                .upstream(&name)
+                .cloned()
+                .ok_or_else(|| ProxyError::UnknownUpstream {
+                    plugin: pool.plugin().name().to_string(),
+                    upstream: name,
+                })?;
     }
     for (name, value) in patch.response_headers {
         pass.response_headers.append(name, value);
@@ -126,7 +135,10 @@ pub async fn on_response(
     for &i in pass.continued.iter().rev() {
         let pool = &route.chain[i];
         let view = ctx.view(parts, pass.upstream.name());
-        match pool.on_response(&view, outcome, resp.status(), resp.headers()).await {
+        match pool
+            .on_response(&view, outcome, resp.status(), resp.headers())
+            .await
+        {
             Ok(ResponseDecision::Continue(patch)) => {
                 if let Some(status) = patch.status {
                     *resp.status_mut() = status;

@@ -16,8 +16,13 @@ pub struct Clock {
 
 #[derive(Debug)]
 enum Inner {
-    System { start: Instant },
-    Manual { wall_ms: AtomicU64, mono_ns: AtomicU64 },
+    System {
+        start: Instant,
+    },
+    Manual {
+        wall_ms: AtomicU64,
+        mono_ns: AtomicU64,
+    },
 }
 
 impl Clock {

@@ -82,7 +82,10 @@ impl Shared {
 
     /// Status of the last reload.
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Re-read the config file, validate it fully, and swap it in; on any
@@ -94,7 +97,8 @@ impl Shared {
             Ok(snapshot) => {
                 self.next_generation.fetch_add(1, Ordering::SeqCst);
                 self.snapshot.store(Arc::new(snapshot));
-                self.runtime.retain_modules(&self.current().module_digests());
+                self.runtime
+                    .retain_modules(&self.current().module_digests());
                 let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.applied_at_ms = now_ms();
                 status.last_error = None;
@@ -105,7 +109,10 @@ impl Shared {
             Err(errors) => {
                 self.runtime.metrics().reload("error");
                 tracing::error!(errors = %errors, "configuration rejected; keeping generation {}", self.current().generation);
-                self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(errors.to_string());
+                self.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = Some(errors.to_string());
                 Err(errors)
             }
         }
@@ -119,9 +126,14 @@ fn now_ms() -> u64 {
 }
 
 /// Read, parse and validate a config file into a snapshot.
-pub async fn load_snapshot(path: &Path, runtime: &Arc<Runtime>, generation: u64) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display())))?;
+pub async fn load_snapshot(
+    path: &Path,
+    runtime: &Arc<Runtime>,
+    generation: u64,
+) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display()))
+    })?;
     let cfg = config::parse(&text)?;
     Snapshot::build(cfg, &text, base_dir(path), runtime, generation).await
 }
@@ -136,8 +148,9 @@ fn base_dir(path: &Path) -> &Path {
 /// Validate a config file without serving it: parse, build, compile and
 /// `init` every plugin.
 pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display()))
+    })?;
     let cfg = config::parse(&text)?;
     let clock = Clock::system();
     let runtime = Runtime::new(
@@ -175,7 +188,14 @@ impl Gateway {
             SharedState::in_memory(options.clock.clone()),
             Arc::new(Metrics::new()),
         )?);
-        let snapshot = Snapshot::build(cfg.clone(), &text, base_dir(&options.config_path), &runtime, 1).await?;
+        let snapshot = Snapshot::build(
+            cfg.clone(),
+            &text,
+            base_dir(&options.config_path),
+            &runtime,
+            1,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             runtime,
@@ -204,7 +224,11 @@ impl Gateway {
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", a.address))?;
                 let addr = listener.local_addr()?;
-                tasks.spawn(crate::admin::serve(listener, shared.clone(), watch_rx.clone()));
+                tasks.spawn(crate::admin::serve(
+                    listener,
+                    shared.clone(),
+                    watch_rx.clone(),
+                ));
                 Some(addr)
             }
             None => None,

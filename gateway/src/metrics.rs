@@ -130,12 +130,20 @@ impl Metrics {
         };
         // The exposition format adds `_total` to counters; don't double it.
         let full = format!("plugin_{}", name.strip_suffix("_total").unwrap_or(name));
-        if let Some(f) = self.plugin_counters.read().unwrap_or_else(|p| p.into_inner()).get(&full) {
+        if let Some(f) = self
+            .plugin_counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&full)
+        {
             f.get_or_create(&labels).inc_by(value);
             return;
         }
         let family = {
-            let mut map = self.plugin_counters.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .plugin_counters
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
                 tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
                 return;
@@ -160,12 +168,20 @@ impl Metrics {
             return;
         };
         let full = format!("plugin_{name}");
-        if let Some(f) = self.plugin_histograms.read().unwrap_or_else(|p| p.into_inner()).get(&full) {
+        if let Some(f) = self
+            .plugin_histograms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&full)
+        {
             f.get_or_create(&labels).observe(value);
             return;
         }
         let family = {
-            let mut map = self.plugin_histograms.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .plugin_histograms
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
                 tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
                 return;
@@ -200,12 +216,21 @@ fn plugin_labels(plugin: &str, name: &str, mut labels: Labels) -> Option<Labels>
     let ident = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
-            && s.bytes().enumerate().all(|(i, b)| {
-                b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
-            })
+            && s.bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()))
     };
-    if !ident(name) || labels.len() > MAX_LABELS || !labels.iter().all(|(k, v)| ident(k) && k != "plugin" && v.len() <= 128) {
-        tracing::warn!(plugin, name, "invalid plugin metric name or labels; observation dropped");
+    if !ident(name)
+        || labels.len() > MAX_LABELS
+        || !labels
+            .iter()
+            .all(|(k, v)| ident(k) && k != "plugin" && v.len() <= 128)
+    {
+        tracing::warn!(
+            plugin,
+            name,
+            "invalid plugin metric name or labels; observation dropped"
+        );
         return None;
     }
     labels.push(("plugin".to_string(), plugin.to_string()));

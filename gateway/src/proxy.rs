@@ -73,7 +73,16 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 6. Finish: plugins' response headers, hop-by-hop headers out.
     finish_response(&mut resp, pass.response_headers);
     // 7. Log and count.
-    record(&snapshot, &route.name, pass.upstream.name(), &method, &path, &resp, &outcome, started);
+    record(
+        &snapshot,
+        &route.name,
+        pass.upstream.name(),
+        &method,
+        &path,
+        &resp,
+        &outcome,
+        started,
+    );
     resp
 }
 
@@ -87,7 +96,11 @@ fn route<'s>(
         .map_err(|lookup| match lookup {
             Lookup::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed {
                 method: parts.method.to_string(),
-                allow: allow.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                allow: allow
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             },
             _ => ProxyError::NoRoute {
                 method: parts.method.to_string(),
@@ -155,7 +168,11 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
     // Append to X-Forwarded-For (as nginx's $proxy_add_x_forwarded_for does);
     // set Proto and Host to what this hop saw.
     let ip = conn.client.ip().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
@@ -274,7 +291,9 @@ fn record(
 ) {
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    snapshot.metrics().request(route, status, elapsed.as_secs_f64());
+    snapshot
+        .metrics()
+        .request(route, status, elapsed.as_secs_f64());
     if snapshot.access_log {
         tracing::info!(
             target: "wicket::access",

@@ -36,7 +36,12 @@ struct PathTable {
 }
 
 impl PathTable {
-    fn insert(&mut self, pattern: &str, route: usize, methods: Option<Vec<Method>>) -> Result<(), String> {
+    fn insert(
+        &mut self,
+        pattern: &str,
+        route: usize,
+        methods: Option<Vec<Method>>,
+    ) -> Result<(), String> {
         if let Some(&node) = self.by_pattern.get(pattern) {
             let entries = &mut self.nodes[node];
             let overlaps = entries.iter().any(|(_, m)| match (m, &methods) {
@@ -44,7 +49,9 @@ impl PathTable {
                 (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
             });
             if overlaps {
-                return Err(format!("path {pattern:?} with these methods is already routed"));
+                return Err(format!(
+                    "path {pattern:?} with these methods is already routed"
+                ));
             }
             entries.push((route, methods));
             return Ok(());
@@ -127,7 +134,9 @@ impl Router {
                 errors.push((i, e));
             }
         }
-        router.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        router
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         if errors.is_empty() {
             Ok(router)
         } else {
@@ -186,7 +195,11 @@ mod tests {
 
     #[test]
     fn params_and_catch_all_are_captured() {
-        let r = Router::build(&[key(None, "/users/{id}", None), key(None, "/static/{*rest}", None)]).unwrap();
+        let r = Router::build(&[
+            key(None, "/users/{id}", None),
+            key(None, "/static/{*rest}", None),
+        ])
+        .unwrap();
         assert_eq!(
             r.lookup("x", &Method::GET, "/users/42"),
             Lookup::Found(0, vec![("id".into(), "42".into())])
@@ -206,9 +219,18 @@ mod tests {
             key(None, "/", None),
         ])
         .unwrap();
-        assert_eq!(r.lookup("API.example.com:8080", &Method::GET, "/"), Lookup::Found(0, vec![]));
-        assert_eq!(r.lookup("www.example.com", &Method::GET, "/"), Lookup::Found(1, vec![]));
-        assert_eq!(r.lookup("example.com", &Method::GET, "/"), Lookup::Found(2, vec![]));
+        assert_eq!(
+            r.lookup("API.example.com:8080", &Method::GET, "/"),
+            Lookup::Found(0, vec![])
+        );
+        assert_eq!(
+            r.lookup("www.example.com", &Method::GET, "/"),
+            Lookup::Found(1, vec![])
+        );
+        assert_eq!(
+            r.lookup("example.com", &Method::GET, "/"),
+            Lookup::Found(2, vec![])
+        );
     }
 
     #[test]
@@ -218,7 +240,10 @@ mod tests {
             key(None, "/items", Some(&["POST"])),
         ])
         .unwrap();
-        assert_eq!(r.lookup("h", &Method::POST, "/items"), Lookup::Found(1, vec![]));
+        assert_eq!(
+            r.lookup("h", &Method::POST, "/items"),
+            Lookup::Found(1, vec![])
+        );
         assert_eq!(
             r.lookup("h", &Method::DELETE, "/items"),
             Lookup::MethodNotAllowed(vec![Method::GET, Method::POST])
@@ -227,9 +252,11 @@ mod tests {
 
     #[test]
     fn conflicting_routes_are_reported() {
-        let errs = Router::build(&[key(None, "/a/{x}", None), key(None, "/a/{y}", None)]).unwrap_err();
+        let errs =
+            Router::build(&[key(None, "/a/{x}", None), key(None, "/a/{y}", None)]).unwrap_err();
         assert_eq!(errs[0].0, 1);
-        let errs = Router::build(&[key(None, "/a", None), key(None, "/a", Some(&["GET"]))]).unwrap_err();
+        let errs =
+            Router::build(&[key(None, "/a", None), key(None, "/a", Some(&["GET"]))]).unwrap_err();
         assert_eq!(errs[0].0, 1);
     }
 }

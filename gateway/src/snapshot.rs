@@ -56,7 +56,10 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         if config.listeners.is_empty() {
-            errors.push(ConfigError::at("listeners", "at least one listener is required"));
+            errors.push(ConfigError::at(
+                "listeners",
+                "at least one listener is required",
+            ));
         }
 
         let mut upstreams = HashMap::new();
@@ -65,7 +68,9 @@ impl Snapshot {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
-                Err((field, msg)) => errors.push(ConfigError::at(format!("upstreams.{name}.{field}"), msg)),
+                Err((field, msg)) => {
+                    errors.push(ConfigError::at(format!("upstreams.{name}.{field}"), msg))
+                }
             }
         }
 
@@ -73,7 +78,8 @@ impl Snapshot {
         // does not stall traffic.
         let mut plugins = HashMap::new();
         for (name, p) in &config.plugins {
-            let (rt, name2, p2, base2) = (runtime.clone(), name.clone(), p.clone(), base.to_path_buf());
+            let (rt, name2, p2, base2) =
+                (runtime.clone(), name.clone(), p.clone(), base.to_path_buf());
             let loaded = tokio::task::spawn_blocking(move || rt.load(&name2, &p2, &base2))
                 .await
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
@@ -95,10 +101,16 @@ impl Snapshot {
             if r.name.is_empty() {
                 errors.push(ConfigError::at(at("name"), "must not be empty"));
             } else if let Some(first) = names.insert(&r.name, i) {
-                errors.push(ConfigError::at(at("name"), format!("duplicate of routes[{first}].name {:?}", r.name)));
+                errors.push(ConfigError::at(
+                    at("name"),
+                    format!("duplicate of routes[{first}].name {:?}", r.name),
+                ));
             }
             if !upstreams.contains_key(&r.upstream) && !config.upstreams.contains_key(&r.upstream) {
-                errors.push(ConfigError::at(at("upstream"), format!("no upstream named {:?}", r.upstream)));
+                errors.push(ConfigError::at(
+                    at("upstream"),
+                    format!("no upstream named {:?}", r.upstream),
+                ));
             }
             if !r.matcher.path.starts_with('/') {
                 errors.push(ConfigError::at(at("match.path"), "must start with '/'"));
@@ -110,7 +122,10 @@ impl Snapshot {
                     for (j, m) in ms.iter().enumerate() {
                         match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                             Ok(m) => parsed.push(m),
-                            Err(_) => errors.push(ConfigError::at(at(&format!("match.methods[{j}]")), format!("invalid method {m:?}"))),
+                            Err(_) => errors.push(ConfigError::at(
+                                at(&format!("match.methods[{j}]")),
+                                format!("invalid method {m:?}"),
+                            )),
                         }
                     }
                     Some(parsed)
@@ -125,7 +140,10 @@ impl Snapshot {
         let router = match Router::build(&keys) {
             Ok(r) => Some(r),
             Err(errs) => {
-                errors.extend(errs.into_iter().map(|(i, m)| ConfigError::at(format!("routes[{i}].match.path"), m)));
+                errors.extend(
+                    errs.into_iter()
+                        .map(|(i, m)| ConfigError::at(format!("routes[{i}].match.path"), m)),
+                );
                 None
             }
         };
@@ -140,7 +158,10 @@ impl Snapshot {
                 let at = format!("routes[{i}].plugins[{j}]");
                 let Some(plugin) = plugins.get(&entry.name) else {
                     if !config.plugins.contains_key(&entry.name) {
-                        errors.push(ConfigError::at(format!("{at}.name"), format!("no plugin named {:?}", entry.name)));
+                        errors.push(ConfigError::at(
+                            format!("{at}.name"),
+                            format!("no plugin named {:?}", entry.name),
+                        ));
                     }
                     continue;
                 };
@@ -186,7 +207,12 @@ impl Snapshot {
     }
 
     /// Find the route for a request.
-    pub fn lookup(&self, host: &str, method: &Method, path: &str) -> Result<(&Route, Vec<(String, String)>), Lookup> {
+    pub fn lookup(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+    ) -> Result<(&Route, Vec<(String, String)>), Lookup> {
         match self.router.lookup(host, method, path) {
             Lookup::Found(i, params) => Ok((&self.routes[i], params)),
             other => Err(other),
@@ -216,7 +242,12 @@ impl Snapshot {
 
 /// `load` errors may start with `field: `; turn that into a location suffix.
 fn split_field(msg: &str) -> (String, String) {
-    for field in ["module", "limits.memory_mb", "limits.instances", "limits.deadline_ms"] {
+    for field in [
+        "module",
+        "limits.memory_mb",
+        "limits.instances",
+        "limits.deadline_ms",
+    ] {
         if let Some(rest) = msg.strip_prefix(&format!("{field}: ")) {
             return (format!(".{field}"), rest.to_string());
         }

@@ -253,11 +253,16 @@ mod tests {
     #[tokio::test]
     async fn cas_swaps_on_matching_version_and_conflicts_otherwise() {
         let (s, _, ns) = store();
-        let v1 = match s.compare_and_swap(&ns, "k", None, b"a".to_vec(), None).await {
+        let v1 = match s
+            .compare_and_swap(&ns, "k", None, b"a".to_vec(), None)
+            .await
+        {
             Ok(CasOutcome::Swapped(v)) => v,
             other => panic!("{other:?}"),
         };
-        let conflict = s.compare_and_swap(&ns, "k", None, b"b".to_vec(), None).await;
+        let conflict = s
+            .compare_and_swap(&ns, "k", None, b"b".to_vec(), None)
+            .await;
         assert_eq!(
             conflict,
             Ok(CasOutcome::Conflict(Some(Entry {
@@ -305,7 +310,8 @@ mod tests {
         let big = vec![0; MAX_VALUE_BYTES + 1];
         assert_eq!(s.set(&ns, "k", big, None).await, Err(StateError::TooLarge));
         assert_eq!(
-            s.increment(&ns, &"k".repeat(MAX_KEY_BYTES + 1), 1, None).await,
+            s.increment(&ns, &"k".repeat(MAX_KEY_BYTES + 1), 1, None)
+                .await,
             Err(StateError::TooLarge)
         );
     }
@@ -314,6 +320,9 @@ mod tests {
     async fn increment_rejects_non_counters() {
         let (s, _, ns) = store();
         s.set(&ns, "k", b"abc".to_vec(), None).await.unwrap();
-        assert_eq!(s.increment(&ns, "k", 1, None).await, Err(StateError::NotACounter));
+        assert_eq!(
+            s.increment(&ns, "k", 1, None).await,
+            Err(StateError::NotACounter)
+        );
     }
 }

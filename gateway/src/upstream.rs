@@ -61,14 +61,23 @@ impl Upstream {
     /// Build from config; `Err` names the offending field.
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, (String, String)> {
         if cfg.endpoints.is_empty() {
-            return Err(("endpoints".into(), "at least one endpoint is required".into()));
+            return Err((
+                "endpoints".into(),
+                "at least one endpoint is required".into(),
+            ));
         }
         for (i, e) in cfg.endpoints.iter().enumerate() {
             if e.weight == 0 {
-                return Err((format!("endpoints[{i}].weight"), "must be at least 1".into()));
+                return Err((
+                    format!("endpoints[{i}].weight"),
+                    "must be at least 1".into(),
+                ));
             }
             if e.weight > 1000 {
-                return Err((format!("endpoints[{i}].weight"), "must be at most 1000".into()));
+                return Err((
+                    format!("endpoints[{i}].weight"),
+                    "must be at most 1000".into(),
+                ));
             }
         }
         if cfg.connect_timeout_ms == 0 {

@@ -40,7 +40,9 @@ pub struct Backend {
 /// `/slow/<ms>` waits before answering, `/close` drops the connection without
 /// answering.
 pub async fn backend(name: &str) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     serve_backend(listener, name.to_string())
 }
 
@@ -83,7 +85,11 @@ async fn echo(
     if path == "/close" {
         return Err(std::io::Error::other("closing on request"));
     }
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut status = 200;
     if let Some(code) = path.strip_prefix("/status/") {
         status = code.parse().unwrap_or(400);
@@ -107,9 +113,12 @@ async fn echo(
         "body_len": body.len(),
     });
     let mut resp = hyper::Response::new(Full::new(Bytes::from(json.to_string())));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
-    resp.headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     resp.headers_mut().insert(
         "x-backend",
         http::HeaderValue::from_str(&name).expect("backend names are header-safe"),
@@ -122,7 +131,11 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/e2e")
-        .join(format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        .join(format!(
+            "{test}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
@@ -142,8 +155,14 @@ pub fn fill(yaml: &str, backends: &[(&str, &Backend)]) -> String {
     for (name, b) in backends {
         out = out.replace(&format!("{{backend:{name}}}"), &b.addr.to_string());
     }
-    assert!(!out.contains("{plugin:"), "unknown plugin placeholder in:\n{out}");
-    assert!(!out.contains("{backend:"), "unknown backend placeholder in:\n{out}");
+    assert!(
+        !out.contains("{plugin:"),
+        "unknown plugin placeholder in:\n{out}"
+    );
+    assert!(
+        !out.contains("{backend:"),
+        "unknown backend placeholder in:\n{out}"
+    );
     out
 }
 
@@ -212,8 +231,12 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// A header as text.
@@ -250,7 +273,9 @@ impl HttpClient {
     /// An HTTP/2 (prior knowledge, cleartext) client.
     pub fn http2() -> HttpClient {
         HttpClient {
-            inner: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
         }
     }
 
@@ -260,7 +285,13 @@ impl HttpClient {
     }
 
     /// Any request.
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
         let mut req = hyper::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -280,4 +311,3 @@ impl HttpClient {
         }
     }
 }
-

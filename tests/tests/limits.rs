@@ -66,7 +66,11 @@ async fn fail_open_skips_a_failing_plugin() {
     let r = c.get(&gw.url("/open"), &[("x-chaos", "trap")]).await;
     assert_eq!(r.status, 200, "fail-open must let the request through");
     assert_eq!(r.json()["backend"], "b");
-    assert_eq!(r.header("x-chaos-instance"), None, "the failed plugin's patch must not apply");
+    assert_eq!(
+        r.header("x-chaos-instance"),
+        None,
+        "the failed plugin's patch must not apply"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +80,11 @@ async fn deadline_exceeded_stops_an_infinite_loop() {
     let started = Instant::now();
     let r = c.get(&gw.url("/closed"), &[("x-chaos", "loop")]).await;
     assert_eq!(r.status, 500);
-    assert!(r.json()["message"].as_str().unwrap().contains("deadline"), "{}", r.json());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("deadline"),
+        "{}",
+        r.json()
+    );
     // Generous bound: proves the loop was cut, not that it was fast.
     assert!(started.elapsed().as_secs() < 10);
     assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
@@ -97,7 +105,11 @@ async fn memory_bomb_is_refused_and_the_gateway_keeps_serving() {
     let c = HttpClient::new();
     let r = c.get(&gw.url("/closed"), &[("x-chaos", "memory")]).await;
     assert_eq!(r.status, 500);
-    assert!(r.json()["message"].as_str().unwrap().contains("memory"), "{}", r.json());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("memory"),
+        "{}",
+        r.json()
+    );
     let r = c.get(&gw.url("/open"), &[("x-chaos", "memory")]).await;
     assert_eq!(r.status, 200);
     for _ in 0..10 {
@@ -109,10 +121,23 @@ async fn memory_bomb_is_refused_and_the_gateway_keeps_serving() {
 async fn invalid_plugin_output_is_refused() {
     let (gw, _b) = start().await;
     let c = HttpClient::new();
-    for mode in ["bad-header", "many-headers", "big-body", "respond-99", "respond-1000"] {
+    for mode in [
+        "bad-header",
+        "many-headers",
+        "big-body",
+        "respond-99",
+        "respond-1000",
+    ] {
         let r = c.get(&gw.url("/closed"), &[("x-chaos", mode)]).await;
         assert_eq!(r.status, 500, "mode {mode}");
-        assert!(r.json()["message"].as_str().unwrap().contains("invalid output"), "{mode}: {}", r.json());
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid output"),
+            "{mode}: {}",
+            r.json()
+        );
     }
     assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
 }
@@ -121,9 +146,13 @@ async fn invalid_plugin_output_is_refused() {
 async fn on_response_failures_follow_the_policy_too() {
     let (gw, _b) = start().await;
     let c = HttpClient::new();
-    let r = c.get(&gw.url("/closed"), &[("x-chaos-response", "trap")]).await;
+    let r = c
+        .get(&gw.url("/closed"), &[("x-chaos-response", "trap")])
+        .await;
     assert_eq!(r.status, 500);
-    let r = c.get(&gw.url("/open"), &[("x-chaos-response", "trap")]).await;
+    let r = c
+        .get(&gw.url("/open"), &[("x-chaos-response", "trap")])
+        .await;
     assert_eq!(r.status, 200);
 }
 

@@ -39,7 +39,9 @@ routes:
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "no_route");
 
-    let r = c.send("POST", &gw.url("/users/42"), &[], Default::default()).await;
+    let r = c
+        .send("POST", &gw.url("/users/42"), &[], Default::default())
+        .await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET"));
 }
@@ -95,9 +97,18 @@ routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
             ],
         )
         .await;
-    assert_eq!(r.echoed_header("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
-    assert_eq!(r.echoed_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert!(r.echoed_header("x-forwarded-host").unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(
+        r.echoed_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(
+        r.echoed_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert!(r
+        .echoed_header("x-forwarded-host")
+        .unwrap()
+        .starts_with("127.0.0.1:"));
     assert_eq!(r.echoed_header("x-secret"), None);
     assert_eq!(r.echoed_header("keep-alive"), None);
 }
@@ -186,7 +197,11 @@ async fn short_circuit_skips_the_rest_and_unwinds_the_earlier_plugins() {
         .await;
     assert_eq!(r.status, 418);
     assert_eq!(r.json()["tag"], "a");
-    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 0, "upstream must not be called");
+    assert_eq!(
+        b.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "upstream must not be called"
+    );
     // Nothing before `a` continued, so no on-response ran.
     assert_eq!(r.header("x-chain-response"), None);
 }

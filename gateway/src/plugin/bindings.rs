@@ -105,6 +105,7 @@ pub(crate) fn request_decision(
                 set_headers: headers(p.set_headers, &mut budget)?,
                 remove_headers: names(p.remove_headers, &mut budget)?,
                 path: p.path.map(path).transpose()?,
+                query: p.query.map(query).transpose()?,
                 upstream: p.upstream,
                 response_headers: headers(p.response_headers, &mut budget)?,
             };
@@ -168,7 +169,9 @@ impl Budget {
 
     fn take(&mut self, bytes: usize) -> Result<(), PluginError> {
         self.headers += 1;
-        self.bytes = self.bytes.saturating_add(bytes.min(u32::MAX as usize) as u32);
+        self.bytes = self
+            .bytes
+            .saturating_add(bytes.min(u32::MAX as usize) as u32);
         if self.headers > self.max_headers {
             return Err(PluginError::InvalidOutput(format!(
                 "more than {} headers",
@@ -221,6 +224,16 @@ fn status(code: u16) -> Result<StatusCode, PluginError> {
         _ => Err(PluginError::InvalidOutput(format!(
             "status {code} is not a final status (200-599)"
         ))),
+    }
+}
+
+fn query(q: String) -> Result<String, PluginError> {
+    let valid = !q.contains('#')
+        && (q.is_empty() || http::uri::PathAndQuery::try_from(format!("/?{q}").as_str()).is_ok());
+    if valid {
+        Ok(q)
+    } else {
+        Err(PluginError::InvalidOutput(format!("invalid query {q:?}")))
     }
 }
 

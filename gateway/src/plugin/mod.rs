@@ -360,7 +360,10 @@ impl Plugin {
     }
 
     fn arm_deadline(&self, store: &mut Store<HostState>) {
-        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        let ticks = self
+            .limits
+            .deadline_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64);
         store.data_mut().ticks_left = ticks;
         store.set_epoch_deadline(1);
     }
@@ -527,7 +530,11 @@ impl Pool {
     }
 
     /// Discard the instance on failure so a broken one is never reused.
-    fn finish<T>(&self, lease: &mut Lease<'_>, result: wasmtime::Result<T>) -> Result<T, PluginError> {
+    fn finish<T>(
+        &self,
+        lease: &mut Lease<'_>,
+        result: wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
         result.map_err(|e| {
             lease.instance = None;
             let err = self.plugin.classify(e);
@@ -583,6 +590,8 @@ pub struct RequestPatch {
     pub remove_headers: Vec<HeaderName>,
     /// New path.
     pub path: Option<String>,
+    /// New query (empty: none).
+    pub query: Option<String>,
     /// Another upstream.
     pub upstream: Option<String>,
     /// Added to the client's final response.

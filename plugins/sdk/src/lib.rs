@@ -141,6 +141,7 @@ impl Default for RequestPatch {
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
             path: None,
+            query: None,
             upstream: None,
             response_headers: Vec::new(),
         }
