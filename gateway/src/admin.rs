@@ -60,6 +60,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             let json = serde_json::json!({
                 "generation": snap.generation,
                 "applied_at_ms": status.applied_at_ms,
+                "last_apply_us": status.last_apply_us,
                 "config_digest": snap.digest,
                 "routes": snap.route_count(),
                 "last_reload_error": status.last_error,

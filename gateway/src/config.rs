@@ -25,6 +25,13 @@ pub struct Config {
     /// Log one line per request at `info` on target `wicket::access`.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Add `x-wicket-generation: <n>` to every response, naming the
+    /// configuration generation that served it.
+    #[serde(default)]
+    pub expose_generation: bool,
+    /// How long the watched files must stay quiet before a reload, in ms.
+    #[serde(default = "default_debounce_ms")]
+    pub watch_debounce_ms: u64,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -38,6 +45,10 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+fn default_debounce_ms() -> u64 {
+    200
 }
 
 /// A client-facing listener (HTTP/1.1 and HTTP/2 cleartext on one port).
@@ -191,7 +202,7 @@ pub enum Isolation {
 }
 
 /// A named group of endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// At least one endpoint.
@@ -222,7 +233,7 @@ fn default_max_idle() -> usize {
 }
 
 /// One endpoint of an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `ip:port`.

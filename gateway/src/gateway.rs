@@ -37,6 +37,8 @@ pub struct Options {
     pub clock: Clock,
     /// Override `runtime.module_cache` (tests share one cache directory).
     pub module_cache: Option<PathBuf>,
+    /// Reload when the config file or a plugin module changes.
+    pub watch: bool,
 }
 
 impl Options {
@@ -46,6 +48,7 @@ impl Options {
             config_path: config_path.into(),
             clock: Clock::system(),
             module_cache: None,
+            watch: true,
         }
     }
 }
@@ -55,6 +58,9 @@ impl Options {
 pub struct ReloadStatus {
     /// Unix ms when the current generation was applied.
     pub applied_at_ms: u64,
+    /// How long the last applied reload took, from reading the file to the
+    /// swap, in µs (0 for the first generation).
+    pub last_apply_us: u64,
     /// The last failed reload's errors, cleared by a successful one.
     pub last_error: Option<String>,
 }
@@ -75,6 +81,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// The configuration file being served.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// The runtime.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
@@ -89,26 +100,36 @@ impl Shared {
     }
 
     /// Re-read the config file, validate it fully, and swap it in; on any
-    /// error keep the current generation. Reloads are serialised.
+    /// error keep the current generation. Reloads are serialised. Returns the
+    /// generation now serving, which is the current one when nothing changed.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let generation = self.next_generation.load(Ordering::SeqCst);
-        match load_snapshot(&self.config_path, &self.runtime, generation).await {
-            Ok(snapshot) => {
+        let current = self.current();
+        let started = std::time::Instant::now();
+        match self.build_next(&current).await {
+            Ok(None) => {
+                tracing::debug!(generation = current.generation, "configuration unchanged");
+                Ok(current.generation)
+            }
+            Ok(Some(snapshot)) => {
+                let generation = snapshot.generation;
                 self.next_generation.fetch_add(1, Ordering::SeqCst);
                 self.snapshot.store(Arc::new(snapshot));
+                drop(current);
                 self.runtime
                     .retain_modules(&self.current().module_digests());
+                let apply_us = started.elapsed().as_micros() as u64;
                 let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.applied_at_ms = now_ms();
+                status.last_apply_us = apply_us;
                 status.last_error = None;
                 self.runtime.metrics().reload("ok");
-                tracing::info!(generation, "configuration applied");
+                tracing::info!(generation, apply_us, "configuration applied");
                 Ok(generation)
             }
             Err(errors) => {
                 self.runtime.metrics().reload("error");
-                tracing::error!(errors = %errors, "configuration rejected; keeping generation {}", self.current().generation);
+                tracing::error!(errors = %errors, "configuration rejected; keeping generation {}", current.generation);
                 self.status
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -116,6 +137,31 @@ impl Shared {
                 Err(errors)
             }
         }
+    }
+
+    /// The next snapshot, or `None` when the file and its modules are exactly
+    /// what `current` already runs.
+    async fn build_next(&self, current: &Snapshot) -> Result<Option<Snapshot>, ConfigErrors> {
+        let text = read_config(&self.config_path)?;
+        // A write cut short almost never ends exactly at a line break; refusing
+        // such a file keeps a truncated config from being applied as a valid
+        // smaller one.
+        if !text.ends_with('\n') {
+            return Err(config::ConfigError::at(
+                "<file>",
+                "does not end with a newline; refusing what may be an incomplete write",
+            )
+            .into());
+        }
+        let cfg = config::parse(&text)?;
+        let base = base_dir(&self.config_path);
+        if unchanged(current, &text, &cfg, base) {
+            return Ok(None);
+        }
+        let generation = self.next_generation.load(Ordering::SeqCst);
+        Snapshot::build(cfg, &text, base, &self.runtime, generation, Some(current))
+            .await
+            .map(Some)
     }
 }
 
@@ -125,17 +171,29 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Read, parse and validate a config file into a snapshot.
-pub async fn load_snapshot(
-    path: &Path,
-    runtime: &Arc<Runtime>,
-    generation: u64,
-) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display()))
-    })?;
-    let cfg = config::parse(&text)?;
-    Snapshot::build(cfg, &text, base_dir(path), runtime, generation).await
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display())).into()
+    })
+}
+
+/// Whether `text` and the modules it names are exactly what `current` runs.
+fn unchanged(current: &Snapshot, text: &str, cfg: &config::Config, base: &Path) -> bool {
+    use sha2::{Digest, Sha256};
+    if crate::snapshot::hex(&Sha256::digest(text.as_bytes())) != current.digest {
+        return false;
+    }
+    let mut digests: Vec<[u8; 32]> = Vec::new();
+    for p in cfg.plugins.values() {
+        match std::fs::read(base.join(&p.module)) {
+            Ok(bytes) => digests.push(Sha256::digest(&bytes).into()),
+            Err(_) => return false,
+        }
+    }
+    let mut running = current.module_digests();
+    digests.sort();
+    running.sort();
+    digests == running
 }
 
 fn base_dir(path: &Path) -> &Path {
@@ -148,9 +206,7 @@ fn base_dir(path: &Path) -> &Path {
 /// Validate a config file without serving it: parse, build, compile and
 /// `init` every plugin.
 pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        config::ConfigError::at("<file>", format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = read_config(path)?;
     let cfg = config::parse(&text)?;
     let clock = Clock::system();
     let runtime = Runtime::new(
@@ -160,7 +216,7 @@ pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
         Arc::new(Metrics::new()),
     )
     .map_err(|e| config::ConfigError::at("runtime", e.to_string()))?;
-    Snapshot::build(cfg, &text, base_dir(path), &Arc::new(runtime), 1).await
+    Snapshot::build(cfg, &text, base_dir(path), &Arc::new(runtime), 1, None).await
 }
 
 /// A started gateway.
@@ -179,7 +235,9 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", options.config_path.display()))?;
         let cfg = config::parse(&text).map_err(ConfigErrors::from)?;
         let mut runtime_opts = RuntimeOptions::from_config(&cfg.runtime);
-        if options.module_cache.is_some() {
+        // An override only redirects the cache; a config that turns the cache
+        // off keeps it off.
+        if options.module_cache.is_some() && runtime_opts.module_cache.is_some() {
             runtime_opts.module_cache = options.module_cache.clone();
         }
         let runtime = Arc::new(Runtime::new(
@@ -194,6 +252,7 @@ impl Gateway {
             base_dir(&options.config_path),
             &runtime,
             1,
+            None,
         )
         .await?;
         let shared = Arc::new(Shared {
@@ -203,6 +262,7 @@ impl Gateway {
             next_generation: AtomicU64::new(2),
             status: std::sync::Mutex::new(ReloadStatus {
                 applied_at_ms: now_ms(),
+                last_apply_us: 0,
                 last_error: None,
             }),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -233,6 +293,12 @@ impl Gateway {
             }
             None => None,
         };
+        if options.watch {
+            let watcher = crate::reload::Watcher::start(shared.clone()).map_err(|e| {
+                anyhow::anyhow!("cannot watch {}: {e}", options.config_path.display())
+            })?;
+            tasks.spawn(watcher.run(watch_rx.clone()));
+        }
         tracing::info!(listeners = ?addrs, admin = ?admin_addr, "wicket started");
         Ok(Gateway {
             shared,

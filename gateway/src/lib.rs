@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod state;

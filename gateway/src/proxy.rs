@@ -71,7 +71,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 5. Plugins, on-response, in reverse order.
     let mut resp = chain::on_response(route, &pass, &parts, &ctx, &outcome, resp).await;
     // 6. Finish: plugins' response headers, hop-by-hop headers out.
-    finish_response(&mut resp, pass.response_headers);
+    finish_response(&snapshot, &mut resp, pass.response_headers);
     // 7. Log and count.
     record(
         &snapshot,
@@ -256,13 +256,23 @@ async fn call_upstream(
     }
 }
 
-fn finish_response(resp: &mut Response<Body>, extra: HeaderMap) {
+fn finish_response(snapshot: &Snapshot, resp: &mut Response<Body>, extra: HeaderMap) {
     // Hop-by-hop headers a plugin may have added must not reach the client.
     strip_hop_by_hop(resp.headers_mut());
     for (name, value) in extra {
         if let Some(name) = name {
             resp.headers_mut().append(name, value);
         }
+    }
+    stamp_generation(snapshot, resp);
+}
+
+fn stamp_generation(snapshot: &Snapshot, resp: &mut Response<Body>) {
+    if snapshot.expose_generation {
+        resp.headers_mut().insert(
+            "x-wicket-generation",
+            HeaderValue::from(snapshot.generation),
+        );
     }
 }
 
@@ -273,7 +283,8 @@ fn finish_early(
     path: &str,
     started: Instant,
 ) -> Response<Body> {
-    let resp = e.to_response();
+    let mut resp = e.to_response();
+    stamp_generation(snapshot, &mut resp);
     record(snapshot, "", "", method, path, &resp, &skipped(), started);
     resp
 }

@@ -3,7 +3,7 @@
 //! served wholly by it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::Method;
@@ -35,10 +35,17 @@ pub struct Snapshot {
     pub digest: String,
     /// Whether to log each request.
     pub access_log: bool,
+    /// Whether responses carry `x-wicket-generation`.
+    pub expose_generation: bool,
+    /// Quiet period before a file change is applied.
+    pub watch_debounce_ms: u64,
+    /// Every plugin module file, for the watcher.
+    pub module_paths: Vec<PathBuf>,
     routes: Vec<Route>,
     router: Router,
     upstreams: HashMap<String, Arc<Upstream>>,
     plugins: HashMap<String, Arc<Plugin>>,
+    pools: HashMap<(String, String), Arc<Pool>>,
     metrics: Arc<Metrics>,
 }
 
@@ -47,12 +54,17 @@ impl Snapshot {
     /// upstreams built, every plugin compiled and `init`ed with each route's
     /// config. `base` is the config file's directory. All problems are
     /// reported, each with its location.
+    ///
+    /// Whatever is unchanged from `previous` is reused rather than rebuilt:
+    /// upstreams (with their pooled connections), plugins and their pools of
+    /// initialised instances.
     pub async fn build(
         config: Config,
         text: &str,
         base: &Path,
         runtime: &Arc<Runtime>,
         generation: u64,
+        previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         if config.listeners.is_empty() {
@@ -64,6 +76,13 @@ impl Snapshot {
 
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
+            if let Some(prev) = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|p| p.config() == u)
+            {
+                upstreams.insert(name.clone(), prev.clone());
+                continue;
+            }
             match Upstream::new(name, u) {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
@@ -85,6 +104,10 @@ impl Snapshot {
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
             match loaded {
                 Ok(plugin) => {
+                    let plugin = match previous.and_then(|p| p.plugins.get(name)) {
+                        Some(prev) if prev.same_as(&plugin) => prev.clone(),
+                        _ => plugin,
+                    };
                     plugins.insert(name.clone(), plugin);
                 }
                 Err(msg) => {
@@ -174,6 +197,16 @@ impl Snapshot {
                     chain.push(pool.clone());
                     continue;
                 }
+                // An unchanged plugin with an unchanged config keeps its
+                // initialised instances across a reload.
+                let kept = previous
+                    .and_then(|p| p.pools.get(&key))
+                    .filter(|pool| Arc::ptr_eq(pool.plugin(), plugin));
+                if let Some(pool) = kept {
+                    pools.insert(key, pool.clone());
+                    chain.push(pool.clone());
+                    continue;
+                }
                 match plugin.pool(json).await {
                     Ok(pool) => {
                         pools.insert(key, pool.clone());
@@ -198,6 +231,14 @@ impl Snapshot {
             generation,
             digest: hex(&Sha256::digest(text.as_bytes())),
             access_log: config.access_log,
+            expose_generation: config.expose_generation,
+            watch_debounce_ms: config.watch_debounce_ms,
+            module_paths: config
+                .plugins
+                .values()
+                .map(|p| base.join(&p.module))
+                .collect(),
+            pools,
             routes,
             router: router.expect("no errors means the router was built"),
             upstreams,

@@ -55,6 +55,7 @@ pub struct Upstream {
     next: AtomicUsize,
     client: Client<HttpConnector, Body>,
     request_timeout: Duration,
+    config: UpstreamConfig,
 }
 
 impl Upstream {
@@ -106,12 +107,19 @@ impl Upstream {
             next: AtomicUsize::new(0),
             client,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            config: cfg.clone(),
         })
     }
 
     /// The configured name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The configuration it was built from (a reload reuses an upstream, and
+    /// its pooled connections, when this is unchanged).
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Pick the next endpoint.

@@ -184,13 +184,29 @@ impl TestGateway {
 
     /// Start with a given clock (use `Clock::manual` to drive time).
     pub async fn start_with_clock(yaml: &str, clock: wicket::Clock) -> TestGateway {
-        init_logging();
+        TestGateway::start_with(yaml, clock, false).await
+    }
+
+    /// Start with the file watcher on, so changes to the config file and the
+    /// plugin modules are applied.
+    pub async fn start_watching(yaml: &str) -> TestGateway {
+        TestGateway::start_with(yaml, wicket::Clock::system(), true).await
+    }
+
+    async fn start_with(yaml: &str, clock: wicket::Clock, watch: bool) -> TestGateway {
         let dir = scratch_dir("gw");
         let config_path = dir.join("wicket.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
+        TestGateway::start_file(config_path, clock, watch).await
+    }
+
+    /// Start from a config file already in place (e.g. behind symlinks).
+    pub async fn start_file(config_path: PathBuf, clock: wicket::Clock, watch: bool) -> TestGateway {
+        init_logging();
         let mut options = wicket::Options::new(&config_path);
         options.clock = clock.clone();
         options.module_cache = Some(module_cache());
+        options.watch = watch;
         let gateway = wicket::Gateway::start(options)
             .await
             .unwrap_or_else(|e| panic!("gateway failed to start: {e:#}"));
@@ -198,6 +214,39 @@ impl TestGateway {
             gateway,
             config_path,
             clock,
+        }
+    }
+
+    /// `http://<admin>` + path.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.admin_addr().expect("admin listener configured"))
+    }
+
+    /// The generation serving now.
+    pub fn generation(&self) -> u64 {
+        self.gateway.shared().current().generation
+    }
+
+    /// Wait (up to 20 s) until the serving generation is at least `n`.
+    pub async fn wait_for_generation(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.generation() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "generation {n} never applied (still {}; last error {:?})",
+                self.generation(),
+                self.gateway.shared().status().last_error
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait (up to 20 s) until a reload has failed `n` times in all.
+    pub async fn wait_for_failed_reloads(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.gateway.shared().runtime().metrics().reload_count("error") < n {
+            assert!(std::time::Instant::now() < deadline, "reload failure {n} never happened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

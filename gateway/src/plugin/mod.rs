@@ -240,6 +240,7 @@ impl Runtime {
             limits: cfg.limits.clone(),
             failure: cfg.failure,
             isolation: cfg.isolation,
+            config: cfg.clone(),
             runtime: self.clone(),
         }))
     }
@@ -276,6 +277,7 @@ pub struct Plugin {
     limits: Limits,
     failure: FailurePolicy,
     isolation: Isolation,
+    config: PluginConfig,
     runtime: Arc<Runtime>,
 }
 
@@ -294,6 +296,12 @@ impl Plugin {
     /// The SHA-256 of the module's bytes.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
+    }
+
+    /// Whether `other` runs the same module with the same settings, so that
+    /// a reload can keep this plugin and its initialised instances.
+    pub fn same_as(&self, other: &Plugin) -> bool {
+        self.digest == other.digest && self.config == other.config
     }
 
     /// What a failure of this plugin does to the request.
