@@ -423,11 +423,27 @@ impl std::fmt::Debug for Pool {
 struct Lease<'a> {
     pool: &'a Pool,
     instance: Option<Instance>,
+    /// False from the start of a call until it completes. A caller may drop
+    /// the call's future half-way (the client went away, a timeout fired):
+    /// the guest is then stopped inside its code and wasmtime refuses to
+    /// enter that instance again, so it must not go back to the pool.
+    settled: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Lease<'_> {
+    /// The instance, for a call that is about to start.
+    fn begin_call(&mut self) -> &mut Instance {
+        self.settled = false;
+        self.instance.as_mut().expect("a lease holds an instance")
+    }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        if !self.settled {
+            return;
+        }
         if let Some(instance) = self.instance.take() {
             if self.pool.plugin.isolation == Isolation::Pooled {
                 self.pool.put(instance);
@@ -495,6 +511,7 @@ impl Pool {
         Ok(Lease {
             pool: self,
             instance: Some(instance),
+            settled: true,
             _permit: permit,
         })
     }
@@ -505,7 +522,7 @@ impl Pool {
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
         let result = {
-            let inst = lease.instance.as_mut().expect("a lease holds an instance");
+            let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
             inst.policy.call_on_request(&mut inst.store, &head).await
         };
@@ -527,7 +544,7 @@ impl Pool {
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
         let result = {
-            let inst = lease.instance.as_mut().expect("a lease holds an instance");
+            let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
             inst.policy
                 .call_on_response(&mut inst.store, &head, &outcome, &resp)
@@ -543,6 +560,7 @@ impl Pool {
         lease: &mut Lease<'_>,
         result: wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
+        lease.settled = true;
         result.map_err(|e| {
             lease.instance = None;
             let err = self.plugin.classify(e);
