@@ -1,0 +1,177 @@
+//! The plugin machinery's per-request cost, driven without sockets.
+//!
+//! - `chain/*`: `on-request` then `on-response` through a route's chain of 0,
+//!   1, 3 and 5 no-op plugins (`plugins/test-programs/noop`), pooled instances
+//!   and `isolation: per-request`, exactly as `proxy.rs` runs them
+//!   (`wicket::chain`). The 0-plugin case is the baseline: the request head
+//!   clone and the chain bookkeeping every request pays anyway.
+//! - `call/*`: one host→guest `on-request` call on a pooled instance, with a
+//!   request of 20 headers (and 0, to show what marshalling headers costs).
+//!
+//! Run with `cargo bench -p wicket-tests --bench chain`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderName, HeaderValue, Method};
+use wicket::chain::{self, RequestCtx};
+use wicket::metrics::Metrics;
+use wicket::plugin::{
+    OutcomeResult, RequestDecision, RequestView, Runtime, RuntimeOptions, UpstreamOutcome,
+};
+use wicket::snapshot::Snapshot;
+use wicket::state::SharedState;
+use wicket::Clock;
+
+const CHAIN_LENGTHS: [usize; 4] = [0, 1, 3, 5];
+
+/// Routes `/pooled-N` and `/per-request-N` with N distinct no-op plugins each
+/// (distinct plugins, so each has its own pool, as a real chain would).
+fn config() -> String {
+    let noop = wicket_tests::plugins::NOOP;
+    let mut yaml =
+        String::from("listeners: [{ address: \"127.0.0.1:0\" }]\naccess_log: false\nplugins:\n");
+    for i in 1..=5 {
+        yaml += &format!("  noop-{i}: {{ module: \"{noop}\" }}\n");
+        yaml += &format!("  fresh-{i}: {{ module: \"{noop}\", isolation: per-request }}\n");
+    }
+    yaml += "upstreams:\n  b: { endpoints: [{ address: \"127.0.0.1:9\" }] }\nroutes:\n";
+    for n in CHAIN_LENGTHS {
+        for (kind, plugin) in [("pooled", "noop"), ("per-request", "fresh")] {
+            let chain: Vec<String> = (1..=n)
+                .map(|i| format!("{{ name: {plugin}-{i} }}"))
+                .collect();
+            yaml += &format!(
+                "  - {{ name: {kind}-{n}, match: {{ path: \"/{kind}-{n}\" }}, upstream: b, plugins: [{}] }}\n",
+                chain.join(", ")
+            );
+        }
+    }
+    yaml
+}
+
+fn runtime() -> Arc<Runtime> {
+    let clock = Clock::system();
+    let options = RuntimeOptions {
+        module_cache: Some(wicket_tests::module_cache()),
+        instance_slots: 1000,
+        max_memory_bytes: 256 * 1024 * 1024,
+    };
+    let state = SharedState::in_memory(clock.clone());
+    Arc::new(Runtime::new(options, clock, state, Arc::new(Metrics::new())).expect("runtime"))
+}
+
+/// A request head as a browser-ish client sends it, with `extra` more headers
+/// to make up the count.
+fn request(path: &str, headers: usize) -> http::request::Parts {
+    let mut req = http::Request::builder().method(Method::GET).uri(path);
+    let common = [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("x-request-id", "7f3c9a2e-5b1d-4c8e-9f0a-1b2c3d4e5f60"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
+    for (k, v) in common.iter().take(headers) {
+        req = req.header(*k, *v);
+    }
+    for i in common.len()..headers {
+        req = req.header(
+            format!("x-extra-{i}"),
+            format!("value-{i}-abcdefghijklmnop"),
+        );
+    }
+    req.body(()).expect("valid request").into_parts().0
+}
+
+fn chains(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let runtime = runtime();
+    let text = config();
+    let cfg = wicket::config::parse(&text).expect("bench config parses");
+    let snapshot = rt
+        .block_on(Snapshot::build(
+            cfg,
+            &text,
+            std::path::Path::new("."),
+            &runtime,
+            1,
+            None,
+        ))
+        .unwrap_or_else(|e| panic!("bench config is valid: {e}"));
+
+    let mut group = c.benchmark_group("chain");
+    for kind in ["pooled", "per-request"] {
+        for n in CHAIN_LENGTHS {
+            if kind == "per-request" && n == 0 {
+                continue;
+            }
+            let path = format!("/{kind}-{n}");
+            let (route, params) = snapshot
+                .lookup("api.example.com", &Method::GET, &path)
+                .expect("route exists");
+            let head = request(&path, 8);
+            let ctx = RequestCtx {
+                scheme: "http",
+                authority: "api.example.com",
+                client_addr: "127.0.0.1:50000",
+                route: &route.name,
+                params: &params,
+            };
+            let outcome = UpstreamOutcome {
+                result: OutcomeResult::Status(200),
+                latency_us: 250,
+                endpoint: Some("127.0.0.1:9".into()),
+            };
+            group.bench_function(BenchmarkId::new(kind, n), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let mut parts = head.clone();
+                    let pass = chain::on_request(&snapshot, route, &mut parts, &ctx).await;
+                    assert!(pass.short_circuit.is_none(), "no-op plugins continue");
+                    let mut resp = http::Response::new(wicket::body::empty());
+                    resp.headers_mut().insert(
+                        HeaderName::from_static("content-type"),
+                        HeaderValue::from_static("application/json"),
+                    );
+                    chain::on_response(route, &pass, &parts, &ctx, &outcome, resp).await
+                });
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("call");
+    let (route, params) = snapshot
+        .lookup("api.example.com", &Method::GET, "/pooled-1")
+        .expect("route exists");
+    let pool = &route.chain[0];
+    for headers in [0, 20] {
+        let parts = request("/pooled-1", headers);
+        let view = RequestView {
+            parts: &parts,
+            scheme: "http",
+            authority: "api.example.com",
+            client_addr: "127.0.0.1:50000",
+            route: &route.name,
+            params: &params,
+            upstream: "b",
+        };
+        group.bench_function(BenchmarkId::new("on_request/headers", headers), |b| {
+            b.to_async(&rt).iter(|| async {
+                let decision = pool.on_request(&view).await.expect("no-op succeeds");
+                assert!(matches!(decision, RequestDecision::Continue(_)));
+                decision
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, chains);
+criterion_main!(benches);
