@@ -21,11 +21,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a configuration until SIGTERM or SIGINT, then drain.
+    /// Serve a configuration until SIGTERM or SIGINT, then drain. SIGHUP and
+    /// `POST /reload` on the admin listener reload it.
     Run {
         /// The YAML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not reload when the file or a plugin module changes; reload
+        /// only on SIGHUP or `POST /reload`.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a configuration (syntax, references, plugins and their configs)
     /// and exit non-zero with every error found.
@@ -44,6 +49,9 @@ pub fn main() -> ExitCode {
             EnvFilter::try_from_env("WICKET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A broken log pipe must cost log lines, never requests: the default
+        // reports write errors with `eprintln!`, which panics on that pipe.
+        .log_internal_errors(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,46 +78,51 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            Command::Run { config } => run(config).await,
+            Command::Run { config, no_watch } => run(config, !no_watch).await,
         }
     })
 }
 
-async fn run(config: PathBuf) -> ExitCode {
-    let gateway = match crate::Gateway::start(crate::Options::new(&config)).await {
+async fn run(config: PathBuf, watch: bool) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Register the handlers before anything else: a signal that arrives while
+    // the gateway starts must be handled, not take the default action.
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("wicket: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut options = crate::Options::new(&config);
+    options.watch = watch;
+    let gateway = match crate::Gateway::start(options).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("wicket: {}: {e}", config.display());
             return ExitCode::FAILURE;
         }
     };
-    let signals = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending::<()>().await;
-        };
+    loop {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // The outcome is logged, counted and shown on /status.
+                let _ = gateway.shared().reload().await;
+            }
         }
-    };
-    let shared = gateway.shared().clone();
-    let hup = async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return std::future::pending::<()>().await;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let _ = shared.reload().await;
-        }
-    };
-    tokio::select! {
-        _ = signals => {}
-        _ = hup => {}
     }
     gateway.shutdown().await;
     ExitCode::SUCCESS

@@ -90,7 +90,7 @@ fn route<'s>(
     snapshot: &'s Snapshot,
     authority: &str,
     parts: &http::request::Parts,
-) -> Result<(&'s crate::snapshot::Route, Vec<(String, String)>), ProxyError> {
+) -> Result<(&'s crate::snapshot::Route, crate::router::Params), ProxyError> {
     snapshot
         .lookup(authority, &parts.method, parts.uri.path())
         .map_err(|lookup| match lookup {

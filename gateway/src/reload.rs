@@ -122,7 +122,7 @@ impl Watcher {
                     // so a burst of writes becomes one reload of the final state.
                     let quiet = Duration::from_millis(self.shared.current().watch_debounce_ms);
                     while let Ok(Some(())) = tokio::time::timeout(quiet, self.events.recv()).await {}
-                    tracing::info!("watched files changed; reloading");
+                    tracing::debug!("watched files changed; reloading");
                     if self.shared.reload().await.is_ok() {
                         if let Err(e) = self.rewatch() {
                             tracing::warn!(error = %e, "cannot update file watches");

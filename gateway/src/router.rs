@@ -5,11 +5,14 @@ use std::collections::HashMap;
 
 use http::Method;
 
+/// Path parameters captured by a route pattern, in pattern order.
+pub type Params = Vec<(String, String)>;
+
 /// The result of a lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// Route index and captured parameters.
-    Found(usize, Vec<(String, String)>),
+    Found(usize, Params),
     /// A path matched but no route there takes the method; the methods that would.
     MethodNotAllowed(Vec<Method>),
     /// Nothing matched.

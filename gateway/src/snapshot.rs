@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::plugin::{Plugin, Pool, Runtime};
-use crate::router::{Lookup, RouteKey, Router};
+use crate::router::{Lookup, Params, RouteKey, Router};
 use crate::upstream::Upstream;
 
 /// One route, ready to serve.
@@ -253,7 +253,7 @@ impl Snapshot {
         host: &str,
         method: &Method,
         path: &str,
-    ) -> Result<(&Route, Vec<(String, String)>), Lookup> {
+    ) -> Result<(&Route, Params), Lookup> {
         match self.router.lookup(host, method, path) {
             Lookup::Found(i, params) => Ok((&self.routes[i], params)),
             other => Err(other),

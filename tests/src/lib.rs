@@ -126,6 +126,98 @@ async fn echo(
     Ok(resp)
 }
 
+/// The `wicket` binary running as a child process, killed when dropped.
+pub struct GatewayProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// The first listener's address.
+    pub addr: String,
+    /// Its log lines, as they arrive.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl GatewayProcess {
+    /// Run `<bin> run <args> --config <config>` and wait until it listens.
+    /// `bin` is the test's `env!("CARGO_BIN_EXE_wicket-under-test")`.
+    pub fn spawn(bin: &str, config: &std::path::Path, args: &[&str]) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .arg("run")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("WICKET_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the gateway process");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        // Drain the pipe for the process's whole life, so it never blocks on
+        // (or breaks) its log.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = GatewayProcess {
+            child,
+            addr: String::new(),
+            log,
+        };
+        let line = process.wait_for_log("listeners=[");
+        process.addr = line
+            .split("listeners=[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .expect("the start-up line names the listeners")
+            .to_string();
+        process
+    }
+
+    /// Wait (up to 30 s) for a log line containing `needle`, and return it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the gateway never logged {needle:?}"),
+            }
+        }
+    }
+
+    /// Stop reading the log: the draining thread ends on the next line and
+    /// the pipe's read end closes, as when a log collector goes away.
+    pub fn close_log(&mut self) {
+        self.log = std::sync::mpsc::channel().1;
+    }
+
+    /// Send a signal (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A directory under the build's target directory for one test's files.
 pub fn scratch_dir(test: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -201,7 +293,11 @@ impl TestGateway {
     }
 
     /// Start from a config file already in place (e.g. behind symlinks).
-    pub async fn start_file(config_path: PathBuf, clock: wicket::Clock, watch: bool) -> TestGateway {
+    pub async fn start_file(
+        config_path: PathBuf,
+        clock: wicket::Clock,
+        watch: bool,
+    ) -> TestGateway {
         init_logging();
         let mut options = wicket::Options::new(&config_path);
         options.clock = clock.clone();
@@ -219,7 +315,12 @@ impl TestGateway {
 
     /// `http://<admin>` + path.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway.admin_addr().expect("admin listener configured"))
+        format!(
+            "http://{}{path}",
+            self.gateway
+                .admin_addr()
+                .expect("admin listener configured")
+        )
     }
 
     /// The generation serving now.
@@ -244,8 +345,18 @@ impl TestGateway {
     /// Wait (up to 20 s) until a reload has failed `n` times in all.
     pub async fn wait_for_failed_reloads(&self, n: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.gateway.shared().runtime().metrics().reload_count("error") < n {
-            assert!(std::time::Instant::now() < deadline, "reload failure {n} never happened");
+        while self
+            .gateway
+            .shared()
+            .runtime()
+            .metrics()
+            .reload_count("error")
+            < n
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload failure {n} never happened"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -92,15 +92,28 @@ async fn kubernetes_configmap_swap_is_applied() {
     // The kubelet's layout: wicket.yaml -> ..data/wicket.yaml, ..data -> ..<timestamp>.
     let dir = scratch_dir("configmap");
     std::fs::create_dir(dir.join("..2026_11_25_01")).unwrap();
-    std::fs::write(dir.join("..2026_11_25_01/wicket.yaml"), versioned(&b, module, "one")).unwrap();
+    std::fs::write(
+        dir.join("..2026_11_25_01/wicket.yaml"),
+        versioned(&b, module, "one"),
+    )
+    .unwrap();
     symlink("..2026_11_25_01", dir.join("..data")).unwrap();
     symlink("..data/wicket.yaml", dir.join("wicket.yaml")).unwrap();
-    let gw = TestGateway::start_file(dir.join("wicket.yaml"), wicket_tests::wicket::Clock::system(), true).await;
+    let gw = TestGateway::start_file(
+        dir.join("wicket.yaml"),
+        wicket_tests::wicket::Clock::system(),
+        true,
+    )
+    .await;
     assert_eq!(version_seen(&gw, &HttpClient::new()).await, "one");
 
     // An update: a new timestamped directory, then `..data` renamed over.
     std::fs::create_dir(dir.join("..2026_11_25_02")).unwrap();
-    std::fs::write(dir.join("..2026_11_25_02/wicket.yaml"), versioned(&b, module, "two")).unwrap();
+    std::fs::write(
+        dir.join("..2026_11_25_02/wicket.yaml"),
+        versioned(&b, module, "two"),
+    )
+    .unwrap();
     symlink("..2026_11_25_02", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..2026_11_25_01")).unwrap();
@@ -119,7 +132,13 @@ async fn deleted_file_keeps_the_last_good_generation() {
     assert_eq!(gw.generation(), 1);
     assert_eq!(version_seen(&gw, &c).await, "one");
     let status = c.get(&gw.admin_url("/status"), &[]).await.json();
-    assert!(status["last_reload_error"].as_str().unwrap().contains("cannot read"), "{status}");
+    assert!(
+        status["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read"),
+        "{status}"
+    );
 
     std::fs::write(&gw.config_path, versioned(&b, module, "two")).unwrap();
     gw.wait_for_generation(2).await;
@@ -160,7 +179,14 @@ async fn a_write_in_several_pieces_is_applied_once_complete() {
     }
     gw.wait_for_generation(2).await;
     assert_eq!(version_seen(&gw, &HttpClient::new()).await, "two");
-    assert_eq!(gw.gateway.shared().runtime().metrics().reload_count("error"), 0);
+    assert_eq!(
+        gw.gateway
+            .shared()
+            .runtime()
+            .metrics()
+            .reload_count("error"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,18 +197,32 @@ async fn bad_changes_keep_the_current_generation() {
     let gw = TestGateway::start(&good).await;
     let c = HttpClient::new();
     let cases = [
-        ("invalid YAML", "listeners: [ {address: \n".to_string(), "(line 2, column 1)"),
-        ("unknown upstream", good.replace("upstream: b\n", "upstream: gone\n"), "routes[0].upstream"),
+        (
+            "invalid YAML",
+            "listeners: [ {address: \n".to_string(),
+            "(line 2, column 1)",
+        ),
+        (
+            "unknown upstream",
+            good.replace("upstream: b\n", "upstream: gone\n"),
+            "routes[0].upstream",
+        ),
         (
             "plugin init refuses its config",
             good.replace("config: { request:", "config: { colour: red, request:"),
             "routes[0].plugins[0].config",
         ),
-        ("missing module", good.replace(wicket_tests::plugins::HEADER_INJECTOR, "/nope.wasm"), "plugins.stamp.module"),
+        (
+            "missing module",
+            good.replace(wicket_tests::plugins::HEADER_INJECTOR, "/nope.wasm"),
+            "plugins.stamp.module",
+        ),
     ];
     for (what, text, location) in cases {
         std::fs::write(&gw.config_path, text).unwrap();
-        let r = c.send("POST", &gw.admin_url("/reload"), &[], Default::default()).await;
+        let r = c
+            .send("POST", &gw.admin_url("/reload"), &[], Default::default())
+            .await;
         assert_eq!(r.status, 422, "{what}");
         let errors = r.json()["errors"].to_string();
         assert!(errors.contains(location), "{what}: {errors}");
@@ -190,13 +230,22 @@ async fn bad_changes_keep_the_current_generation() {
         assert_eq!(version_seen(&gw, &c).await, "one", "{what}");
     }
     let status = c.get(&gw.admin_url("/status"), &[]).await.json();
-    assert!(status["last_reload_error"].as_str().unwrap().contains("plugins.stamp.module"));
+    assert!(status["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("plugins.stamp.module"));
     assert_eq!(status["reloads_failed"], 4);
-    let metrics = String::from_utf8_lossy(&c.get(&gw.admin_url("/metrics"), &[]).await.body).to_string();
-    assert!(metrics.contains(r#"wicket_config_reloads_total{result="error"} 4"#), "{metrics}");
+    let metrics =
+        String::from_utf8_lossy(&c.get(&gw.admin_url("/metrics"), &[]).await.body).to_string();
+    assert!(
+        metrics.contains(r#"wicket_config_reloads_total{result="error"} 4"#),
+        "{metrics}"
+    );
 
     std::fs::write(&gw.config_path, versioned(&b, module, "two")).unwrap();
-    let r = c.send("POST", &gw.admin_url("/reload"), &[], Default::default()).await;
+    let r = c
+        .send("POST", &gw.admin_url("/reload"), &[], Default::default())
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["generation"], 2);
     assert!(c.get(&gw.admin_url("/status"), &[]).await.json()["last_reload_error"].is_null());
@@ -223,7 +272,11 @@ routes: [{{ name: r, match: {{ path: "/" }}, upstream: b, plugins: [{{ name: p }
     ))
     .await;
     let c = HttpClient::new();
-    assert!(c.get(&gw.url("/"), &[]).await.header("x-chaos-instance").is_some());
+    assert!(c
+        .get(&gw.url("/"), &[])
+        .await
+        .header("x-chaos-instance")
+        .is_some());
     // The new version of the module: the header injector, which (with no
     // config) sets nothing.
     let tmp = dir.join("plugin.wasm.new");
@@ -295,11 +348,18 @@ async fn reloads_under_load_lose_nothing_and_never_mix_generations() {
             let mut seen = Vec::new();
             while !stop.load(SeqCst) {
                 let r = c.get(&url, &[]).await;
-                assert_eq!(r.status, 200, "a request failed during reloads: {:?}", r.body);
+                assert_eq!(
+                    r.status, 200,
+                    "a request failed during reloads: {:?}",
+                    r.body
+                );
                 let generation: u64 = r.header("x-wicket-generation").unwrap().parse().unwrap();
                 let resp_version = r.header("x-version").unwrap().to_string();
                 let req_version = r.echoed_header("x-version").unwrap();
-                assert_eq!(req_version, resp_version, "request and response phases saw different configs");
+                assert_eq!(
+                    req_version, resp_version,
+                    "request and response phases saw different configs"
+                );
                 seen.push((generation, resp_version));
             }
             seen
@@ -317,7 +377,9 @@ async fn reloads_under_load_lose_nothing_and_never_mix_generations() {
             }
         };
         rename_over(&gw.config_path, &text);
-        let r = c.send("POST", &gw.admin_url("/reload"), &[], Default::default()).await;
+        let r = c
+            .send("POST", &gw.admin_url("/reload"), &[], Default::default())
+            .await;
         if i % 3 == 0 {
             assert_eq!(r.status, 422);
         } else {
@@ -331,11 +393,19 @@ async fn reloads_under_load_lose_nothing_and_never_mix_generations() {
     for client in clients {
         for (generation, version) in client.await.unwrap() {
             total += 1;
-            let first = by_generation.entry(generation).or_insert_with(|| version.clone());
-            assert_eq!(*first, version, "generation {generation} served two configs");
+            let first = by_generation
+                .entry(generation)
+                .or_insert_with(|| version.clone());
+            assert_eq!(
+                *first, version,
+                "generation {generation} served two configs"
+            );
         }
     }
     assert_eq!(gw.generation(), 1 + applied);
     assert!(total > 60, "the load ran ({total} requests)");
-    assert!(by_generation.len() > 1, "responses came from several generations");
+    assert!(
+        by_generation.len() > 1,
+        "responses came from several generations"
+    );
 }

@@ -1,12 +1,10 @@
 //! Serving under load and shutting down: concurrency through a plugin chain,
 //! shared state across instances, metrics, and SIGTERM draining.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use wicket_tests::{backend, fill, scratch_dir, HttpClient, TestGateway};
+use wicket_tests::{backend, fill, scratch_dir, GatewayProcess, HttpClient, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_through_a_three_plugin_chain() {
@@ -117,49 +115,107 @@ routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wicket-under-test"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("WICKET_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The listener's port is in the start-up log line.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("listeners=[").nth(1) {
-            break rest.split(']').next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-
+    let mut gw = GatewayProcess::spawn(env!("CARGO_BIN_EXE_wicket-under-test"), &config, &[]);
     rt.block_on(async {
         let c = HttpClient::new();
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let c = c.clone();
-            let url = format!("http://{addr}/slow/1500");
+            let url = format!("http://{}/slow/1500", gw.addr);
             tasks.push(tokio::spawn(async move { c.get(&url, &[]).await }));
         }
         // Signal only once every request has reached the backend.
         while b.hits.load(SeqCst) < 20 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        gw.signal("TERM");
         for t in tasks {
             let r = t.await.unwrap();
             assert_eq!(r.status, 200, "a request in flight was lost");
         }
     });
-    let status = child.wait().unwrap();
+    let status = gw.child.wait().unwrap();
     assert!(status.success(), "gateway exited with {status}");
+}
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(backend("b"));
+    let dir = scratch_dir("sighup");
+    let config = dir.join("wicket.yaml");
+    let yaml = |route: &str| {
+        fill(
+            &r#"
+listeners: [{ address: "127.0.0.1:0" }]
+expose_generation: true
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes: [{ name: r, match: { path: "/ROUTE" }, upstream: b }]
+"#
+            .replace("ROUTE", route),
+            &[("b", &b)],
+        )
+    };
+    std::fs::write(&config, yaml("before")).unwrap();
+    // No watcher: only the signal can make this reload happen.
+    let mut gw = GatewayProcess::spawn(
+        env!("CARGO_BIN_EXE_wicket-under-test"),
+        &config,
+        &["--no-watch"],
+    );
+    std::fs::write(&config, yaml("after")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration applied");
+    rt.block_on(async {
+        let c = HttpClient::new();
+        let r = c.get(&format!("http://{}/after", gw.addr), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-wicket-generation"), Some("2"));
+        let r = c.get(&format!("http://{}/before", gw.addr), &[]).await;
+        assert_eq!(r.status, 404);
+    });
+    gw.signal("TERM");
+    assert!(gw.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_closed_log_pipe_costs_log_lines_not_requests() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(backend("b"));
+    let dir = scratch_dir("closed-log");
+    let config = dir.join("wicket.yaml");
+    // The log is the only way to learn a port-0 address, and it is about to be
+    // closed: take a free port from the OS instead.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &config,
+        fill(
+            &r#"
+listeners: [{ address: "127.0.0.1:PORT" }]
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes: [{ name: r, match: { path: "/" }, upstream: b }]
+"#
+            .replace("PORT", &port.to_string()),
+            &[("b", &b)],
+        ),
+    )
+    .unwrap();
+    let mut gw = GatewayProcess::spawn(env!("CARGO_BIN_EXE_wicket-under-test"), &config, &[]);
+    gw.close_log();
+    rt.block_on(async {
+        let c = HttpClient::new();
+        for _ in 0..5 {
+            // Each request logs an access line into the closed pipe.
+            assert_eq!(
+                c.get(&format!("http://127.0.0.1:{port}/"), &[])
+                    .await
+                    .status,
+                200
+            );
+        }
+    });
 }
