@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, Plugin, RequestAction, RequestHead, RequestPatch, ResponseAction,
-    ResponseHead, ResponsePatch, UpstreamOutcome,
+    export_plugin, Plugin, RequestAction, RequestHead, RequestPatch, ResponseAction, ResponseHead,
+    ResponsePatch, UpstreamOutcome,
 };
 
 #[derive(Deserialize, Default)]
