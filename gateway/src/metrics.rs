@@ -125,79 +125,57 @@ impl Metrics {
 
     /// A plugin's `counter-add`.
     pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: Labels, value: u64) {
-        let Some(labels) = plugin_labels(plugin, name, labels) else {
-            return;
-        };
         // The exposition format adds `_total` to counters; don't double it.
-        let full = format!("plugin_{}", name.strip_suffix("_total").unwrap_or(name));
-        if let Some(f) = self
-            .plugin_counters
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&full)
-        {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        let family = self.plugin_family(&self.plugin_counters, plugin, base, Family::default);
+        if let (Some(f), Some(labels)) = (family, plugin_labels(plugin, name, labels)) {
             f.get_or_create(&labels).inc_by(value);
-            return;
         }
-        let family = {
-            let mut map = self
-                .plugin_counters
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
-                tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
-                return;
-            }
-            map.entry(full.clone())
-                .or_insert_with(|| {
-                    let f = Family::<Labels, Counter>::default();
-                    self.registry
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .register(full.clone(), "Reported by a plugin", f.clone());
-                    f
-                })
-                .clone()
-        };
-        family.get_or_create(&labels).inc_by(value);
     }
 
     /// A plugin's `histogram-observe`.
     pub fn plugin_histogram_observe(&self, plugin: &str, name: &str, labels: Labels, value: f64) {
-        let Some(labels) = plugin_labels(plugin, name, labels) else {
-            return;
-        };
+        let new = || HistogramFamily::new_with_constructor(latency_histogram);
+        let family = self.plugin_family(&self.plugin_histograms, plugin, name, new);
+        if let (Some(f), Some(labels)) = (family, plugin_labels(plugin, name, labels)) {
+            f.get_or_create(&labels).observe(value);
+        }
+    }
+
+    /// The family `plugin_<name>` in `families`, registered on first use;
+    /// `None` once the registry holds as many plugin metrics as it allows.
+    fn plugin_family<M>(
+        &self,
+        families: &RwLock<HashMap<String, M>>,
+        plugin: &str,
+        name: &str,
+        new: impl FnOnce() -> M,
+    ) -> Option<M>
+    where
+        M: prometheus_client::registry::Metric + Clone,
+    {
         let full = format!("plugin_{name}");
-        if let Some(f) = self
-            .plugin_histograms
+        if let Some(f) = families
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&full)
         {
-            f.get_or_create(&labels).observe(value);
-            return;
+            return Some(f.clone());
         }
-        let family = {
-            let mut map = self
-                .plugin_histograms
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
-                tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
-                return;
-            }
-            map.entry(full.clone())
-                .or_insert_with(|| {
-                    let f = HistogramFamily::new_with_constructor(latency_histogram);
-                    self.registry
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .register(full.clone(), "Reported by a plugin", f.clone());
-                    f
-                })
-                .clone()
-        };
-        family.get_or_create(&labels).observe(value);
+        let mut map = families.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
+            tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
+            return None;
+        }
+        let family = map.entry(full.clone()).or_insert_with(|| {
+            let f = new();
+            self.registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .register(full, "Reported by a plugin", f.clone());
+            f
+        });
+        Some(family.clone())
     }
 
     /// Everything in Prometheus text format.
