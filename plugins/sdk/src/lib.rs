@@ -25,6 +25,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod transact;
+
 /// Bindings generated from the contract. Plugin authors use the re-exports below.
 #[doc(hidden)]
 pub mod bindings {
@@ -203,6 +206,13 @@ impl Response {
             headers: vec![header("content-type", "application/json")],
             body: body.as_bytes().to_vec(),
         }
+    }
+
+    /// A refusal with the JSON body every Wicket plugin uses:
+    /// `{"error": code, "message": message}`.
+    pub fn json_error(status: u16, code: &str, message: &str) -> Response {
+        let body = serde_json::json!({ "error": code, "message": message });
+        Response::json(status, &body.to_string())
     }
 
     /// Add a header.

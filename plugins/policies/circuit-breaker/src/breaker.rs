@@ -4,7 +4,7 @@
 
 use crate::machine::{admit, observe, Admission, Circuit, Policy};
 use crate::outcome::Observation;
-use crate::store::{transact, Step, Store, TxError};
+use wicket_plugin_sdk::transact::{transact, Step, Store, TxError};
 
 /// A change of state, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ mod tests {
     use std::sync::Barrier;
 
     use super::*;
-    use crate::store::memory::{MemoryStore, Unavailable};
+    use wicket_plugin_sdk::transact::memory::{MemoryStore, Unavailable};
 
     const T0: u64 = 1_700_000_000_000;
     const KEY: &str = "upstream:backend";

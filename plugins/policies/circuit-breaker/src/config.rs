@@ -2,6 +2,7 @@
 //! `init`, immutable afterwards.
 
 use serde::Deserialize;
+use wicket_plugin_sdk::config;
 
 use crate::machine::{ErrorRate, Policy};
 use crate::outcome::{FailureOn, DEFAULT_FAILURE_ON};
@@ -89,15 +90,7 @@ pub(crate) struct Config {
 impl Config {
     /// Parse and validate; errors name the field.
     pub(crate) fn parse(json: &str) -> Result<Config, String> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            }
-        })?;
+        let raw: Raw = config::deserialize(json).map_err(|e| e.to_string())?;
         raw.validate()
     }
 }

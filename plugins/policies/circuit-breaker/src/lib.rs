@@ -3,7 +3,7 @@
 //! 503 while the upstream is failing, without touching it.
 //!
 //! The state machine is in [`machine`] (pure), its application to shared
-//! state in [`breaker`]; this file is the glue: host store, clock, probe
+//! state in [`breaker`]; this file is the glue: clock, probe
 //! tagging, metrics, and the 503. Configuration and responses:
 //! `docs/plugins/circuit-breaker.md`.
 
@@ -11,18 +11,16 @@ mod breaker;
 mod config;
 mod machine;
 mod outcome;
-mod store;
 
-use serde_json::json;
+use wicket_plugin_sdk::transact::{HostStore, TxError};
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, state, Plugin, RequestAction, RequestHead, RequestPatch,
-    Response, ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
+    clock, export_plugin, log, metrics, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
 use crate::breaker::{Gate, Transition};
 use crate::config::{Config, OnStateError, Scope};
 use crate::outcome::Observation;
-use crate::store::{Entry, Store, Swap, TxError};
 
 /// Marks a request admitted as a half-open probe; its value is the episode.
 /// `on-response` reads it back from the request head, since the plugin keeps
@@ -46,7 +44,7 @@ impl Plugin for CircuitBreaker {
     fn on_request(&self, request: &RequestHead) -> RequestAction {
         let (scope, name) = self.circuit_of(request);
         let key = state_key(scope, name);
-        let gate = breaker::gate(&self.config.policy, &HostState, &key, clock::now_ms());
+        let gate = breaker::gate(&self.config.policy, &HostStore, &key, clock::now_ms());
         match &gate {
             Gate::Probe {
                 transition: Some(t),
@@ -81,7 +79,7 @@ impl Plugin for CircuitBreaker {
         let key = state_key(scope, name);
         let recorded = breaker::record(
             &self.config.policy,
-            &HostState,
+            &HostStore,
             &key,
             clock::now_ms(),
             observation,
@@ -137,7 +135,7 @@ fn respond<E>(config: &Config, scope: &str, name: &str, gate: Gate<E>) -> Reques
             // retries straight into the same refusal.
             let retry = retry_after_ms.div_ceil(1000).max(1);
             RequestAction::Respond(
-                error(
+                Response::json_error(
                     503,
                     "circuit_open",
                     &format!("{scope} {name} is failing; requests are refused for {retry} s"),
@@ -149,7 +147,7 @@ fn respond<E>(config: &Config, scope: &str, name: &str, gate: Gate<E>) -> Reques
         Gate::StateFailed(_) => match config.on_state_error {
             OnStateError::Allow => RequestAction::Continue(pass),
             OnStateError::Deny => RequestAction::Respond(
-                error(
+                Response::json_error(
                     503,
                     "circuit_state_unavailable",
                     "the circuit breaker cannot read its state; retry shortly",
@@ -158,13 +156,6 @@ fn respond<E>(config: &Config, scope: &str, name: &str, gate: Gate<E>) -> Reques
             ),
         },
     }
-}
-
-fn error(status: u16, code: &str, message: &str) -> Response {
-    Response::json(
-        status,
-        &json!({ "error": code, "message": message }).to_string(),
-    )
 }
 
 fn report_transition(scope: &str, name: &str, t: Transition) {
@@ -195,37 +186,6 @@ fn count(metric: &str, scope: &str, name: &str, extra: &[(&str, &str)]) {
         })
         .collect();
     metrics::counter_add(metric, &labels, 1);
-}
-
-/// The host's shared state, seen through the [`Store`] the breaker uses.
-struct HostState;
-
-fn entry(e: state::Entry) -> Entry {
-    Entry {
-        value: e.value,
-        version: e.version,
-    }
-}
-
-impl Store for HostState {
-    type Error = state::StateError;
-
-    fn get(&self, key: &str) -> Result<Option<Entry>, state::StateError> {
-        state::get(key).map(|e| e.map(entry))
-    }
-
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<u64>,
-        value: &[u8],
-        ttl_ms: Option<u64>,
-    ) -> Result<Swap, state::StateError> {
-        state::compare_and_swap(key, expected, value, ttl_ms).map(|r| match r {
-            state::CasResult::Swapped(_) => Swap::Swapped,
-            state::CasResult::Conflict(current) => Swap::Conflict(current.map(entry)),
-        })
-    }
 }
 
 #[cfg(test)]

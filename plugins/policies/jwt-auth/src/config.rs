@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use wicket_plugin_sdk::config;
 
 use crate::keys::{self, Algorithm, JwkSet};
 use crate::source::TokenSource;
@@ -238,16 +239,7 @@ pub(crate) fn header_name(name: &str, field: &str) -> Result<String, String> {
 
 /// Deserialize, prefixing errors with the path of the offending field.
 fn from_json(text: &str) -> Result<Config, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            format!("invalid jwt-auth config: {inner}")
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
+    config::deserialize(text).map_err(|e| e.describe("invalid jwt-auth config"))
 }
 
 #[cfg(test)]

@@ -130,8 +130,7 @@ fn invalid_token(error: TokenError) -> Response {
 }
 
 fn refusal(code: &str, message: &str, challenge: String) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    Response::json(401, &body).with_header("www-authenticate", challenge)
+    Response::json_error(401, code, message).with_header("www-authenticate", challenge)
 }
 
 impl Plugin for JwtAuth {

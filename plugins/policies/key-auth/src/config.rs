@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use wicket_plugin_sdk::config;
 
 /// The configuration as written in the route.
 #[derive(Deserialize, Debug)]
@@ -100,16 +101,7 @@ fn is_header_value(value: &str) -> bool {
 
 /// Deserialize, prefixing errors with the path of the offending field.
 fn from_json(text: &str) -> Result<Config, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            format!("invalid key-auth config: {inner}")
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
+    config::deserialize(text).map_err(|e| e.describe("invalid key-auth config"))
 }
 
 #[cfg(test)]

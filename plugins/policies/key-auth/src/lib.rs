@@ -117,8 +117,8 @@ impl Plugin for KeyAuth {
 
 /// The 401 refusal: a JSON body plus the challenge naming this scheme.
 fn unauthorized(code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    Response::json(401, &body).with_header("www-authenticate", r#"ApiKey realm="wicket""#)
+    Response::json_error(401, code, message)
+        .with_header("www-authenticate", r#"ApiKey realm="wicket""#)
 }
 
 /// Decode `%XX` escapes; anything malformed is kept as written.

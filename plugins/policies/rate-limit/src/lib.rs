@@ -2,16 +2,15 @@
 //! shared by every pooled instance through the host's `state`.
 //!
 //! The decision is made in [`limiter::check`] (pure apart from the store it is
-//! given); this file is the glue: host store, clock, metrics, and turning a
+//! given); this file is the glue: clock, metrics, and turning a
 //! verdict into HTTP. Configuration and responses: `docs/plugins/rate-limit.md`.
 
 mod bucket;
 mod config;
 mod key;
 mod limiter;
-mod store;
 
-use serde_json::json;
+use wicket_plugin_sdk::transact::HostStore;
 use wicket_plugin_sdk::{
     clock, export_plugin, log, metrics, state, Plugin, RequestAction, RequestHead, RequestPatch,
     Response,
@@ -20,7 +19,6 @@ use wicket_plugin_sdk::{
 use crate::bucket::{reset_secs, retry_after_secs, Quota};
 use crate::config::{Config, OnStateError};
 use crate::limiter::Verdict;
-use crate::store::{Entry, Store, Swap};
 
 struct RateLimit {
     config: Config,
@@ -32,44 +30,13 @@ impl Plugin for RateLimit {
     }
 
     fn on_request(&self, request: &RequestHead) -> RequestAction {
-        let verdict = limiter::check(&self.config, &HostState, request, clock::now_ms());
+        let verdict = limiter::check(&self.config, &HostStore, request, clock::now_ms());
         observe(request, &verdict);
         respond(&self.config, verdict)
     }
 }
 
 export_plugin!(RateLimit);
-
-/// The host's shared state, seen through the [`Store`] the limiter uses.
-struct HostState;
-
-fn entry(e: state::Entry) -> Entry {
-    Entry {
-        value: e.value,
-        version: e.version,
-    }
-}
-
-impl Store for HostState {
-    type Error = state::StateError;
-
-    fn get(&self, key: &str) -> Result<Option<Entry>, state::StateError> {
-        state::get(key).map(|e| e.map(entry))
-    }
-
-    fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<u64>,
-        value: &[u8],
-        ttl_ms: Option<u64>,
-    ) -> Result<Swap, state::StateError> {
-        state::compare_and_swap(key, expected, value, ttl_ms).map(|r| match r {
-            state::CasResult::Swapped(_) => Swap::Swapped,
-            state::CasResult::Conflict(current) => Swap::Conflict(current.map(entry)),
-        })
-    }
-}
 
 /// Count the decision and log the ones an operator must hear about.
 fn observe(request: &RequestHead, verdict: &Verdict<state::StateError>) {
@@ -149,7 +116,7 @@ fn respond<E>(config: &Config, verdict: Verdict<E>) -> RequestAction {
                 &quota,
             ))
         }
-        Verdict::KeyMissing => RequestAction::Respond(error(
+        Verdict::KeyMissing => RequestAction::Respond(Response::json_error(
             403,
             "rate_limit_key_missing",
             "this route is rate limited per client identity and the request carries none",
@@ -157,7 +124,7 @@ fn respond<E>(config: &Config, verdict: Verdict<E>) -> RequestAction {
         Verdict::StateFailed(_) => match config.on_state_error {
             OnStateError::Allow => RequestAction::Continue(RequestPatch::default()),
             OnStateError::Deny => RequestAction::Respond(
-                error(
+                Response::json_error(
                     503,
                     "rate_limit_unavailable",
                     "the rate limit cannot be checked right now; retry shortly",
@@ -178,15 +145,9 @@ fn quota_headers(quota: &Quota) -> [(&'static str, String); 3] {
 
 fn too_many(message: &str, retry_after: u64, quota: &Quota) -> Response {
     quota_headers(quota).into_iter().fold(
-        error(429, "rate_limited", message).with_header("retry-after", retry_after.to_string()),
+        Response::json_error(429, "rate_limited", message)
+            .with_header("retry-after", retry_after.to_string()),
         |r, (name, value)| r.with_header(name, value),
-    )
-}
-
-fn error(status: u16, code: &str, message: &str) -> Response {
-    Response::json(
-        status,
-        &json!({ "error": code, "message": message }).to_string(),
     )
 }
 

@@ -7,7 +7,7 @@ use wicket_plugin_sdk::RequestHead;
 use crate::bucket::{take, Bucket, Decision, Quota};
 use crate::config::Config;
 use crate::key::{identity, state_key};
-use crate::store::{transact, Step, Store, TxError};
+use wicket_plugin_sdk::transact::{transact, Step, Store, TxError};
 
 /// The decision for one request, before it becomes HTTP.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ mod tests {
     use wicket_plugin_sdk::header;
 
     use super::*;
-    use crate::store::memory::{MemoryStore, Unavailable};
+    use wicket_plugin_sdk::transact::memory::{MemoryStore, Unavailable};
 
     const T0: u64 = 1_700_000_000_000;
 

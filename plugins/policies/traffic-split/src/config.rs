@@ -2,6 +2,7 @@
 //! turned into an immutable [`TrafficSplit`] that every request reads.
 
 use serde::Deserialize;
+use wicket_plugin_sdk::config::{header_name, is_token, parse_object};
 
 use crate::rewrite::{RawRewrite, Rewrite};
 use crate::split::{Rule, StickyKey, ValueMatch};
@@ -75,7 +76,7 @@ pub(crate) struct TrafficSplit {
 impl TrafficSplit {
     /// Parse and validate the route's JSON configuration. Errors name the field.
     pub(crate) fn from_json(text: &str) -> Result<TrafficSplit, String> {
-        let raw: RawConfig = parse(text)?;
+        let raw: RawConfig = parse_object(text)?;
         if raw.rules.is_empty() && raw.rewrite.is_none() {
             return Err("rules: give at least one rule (or a rewrite)".to_string());
         }
@@ -213,53 +214,12 @@ fn sticky_key(text: &str) -> Result<StickyKey, String> {
     Ok(key)
 }
 
-/// Deserialize `text`, reporting errors as `field.path: message` without
-/// serde_json's line and column (they point into JSON the gateway generated
-/// from its own configuration file, not into anything the operator wrote).
-fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    // Derived structs also accept JSON arrays (fields by position): refuse them
-    // up front, where the message can say what is expected.
-    if !text.trim_start().starts_with('{') {
-        return Err("configuration must be a JSON object".to_string());
-    }
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
-        let path = err.path().to_string();
-        let message = err.inner().to_string();
-        let message = match message.rfind(" at line ") {
-            Some(at) => message[..at].to_string(),
-            None => message,
-        };
-        if path == "." {
-            message
-        } else {
-            format!("{path}: {message}")
-        }
-    })?;
-    de.end()
-        .map_err(|_| "configuration has trailing characters after the JSON object".to_string())?;
-    Ok(value)
-}
-
-/// Check a header name from the configuration and lower-case it.
-fn header_name(field: &str, name: &str) -> Result<String, String> {
-    if name.is_empty() || !name.bytes().all(is_token) {
-        return Err(format!("{field}: `{name}` is not a valid header name"));
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
 /// Check a cookie name (an RFC 6265 token; case matters).
 fn cookie_name(field: &str, name: &str) -> Result<String, String> {
     if name.is_empty() || !name.bytes().all(is_token) {
         return Err(format!("{field}: `{name}` is not a valid cookie name"));
     }
     Ok(name.to_string())
-}
-
-/// RFC 9110 token characters.
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
