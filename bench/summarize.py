@@ -1,13 +1,19 @@
 """Turn bench/run's raw files into the markdown report.
 
-Usage: summarize.py RAW_DIR MACHINE_MD DATE > report.md
+Usage: summarize.py WORK_DIR MACHINE_MD DATE > report.md
 
-RAW_DIR holds `<run>-<body>-<proxy>.wrk` (wrk --latency output) and
-`.meta` (cpu_ticks, hz, hwm_kb) per case. Every figure is the median over
-runs; each ratio is taken against nginx within the same run and body, then
-the median of those ratios is reported.
+WORK_DIR/raw holds the max step's `<run>-<body>-<proxy>.wrk` (wrk --latency
+output) and `.meta` (cpu_ticks, hz, hwm_kb) per case. Every figure is the
+median over runs; each ratio is taken against nginx within the same run and
+body, then the median of those ratios is reported.
+
+WORK_DIR/rates holds `nginx-max` (the req/s the rates are fractions of) and
+`<percent>-<proxy>.json`, one line of loadgen output (or `{"skipped": true}`).
+WORK_DIR/h2 holds `<body>-<proxy>.h2load` (h2load output, or `no-h2c`) and
+`.meta` per case.
 """
 
+import json
 import re
 import statistics
 import sys
@@ -55,8 +61,116 @@ def parse_meta(text: str) -> dict:
     return {k: int(v) for k, v in kv.items()}
 
 
+def fmt_lat(us: float) -> str:
+    if us >= 1_000_000:
+        return f"{us / 1_000_000:.2f} s"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def parse_h2load(text: str) -> dict | None:
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text)
+    if not m:
+        return None
+    out = {"rps": float(m.group(1))}
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", text)
+    out["done"] = int(m.group(2)) if m else 0
+    out["failed"] = out["done"] - int(m.group(3)) if m else 0
+    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    out["mean_us"] = latency_us(m.group(3)) if m else float("nan")
+    return out
+
+
+def print_rates(work: Path) -> None:
+    rates = work / "rates"
+    if not (rates / "nginx-max").exists():
+        return
+    nginx_max = int((rates / "nginx-max").read_text())
+    results = {}  # (percent, proxy) -> loadgen report
+    for f in rates.glob("*.json"):
+        pct, proxy = f.stem.split("-", 1)
+        results[(int(pct), proxy)] = json.loads(f.read_text())
+    percents = sorted({p for p, _ in results})
+    print("## Latency at fixed rates, 1 KiB body\n")
+    print(
+        f"Open loop: requests scheduled at a fixed fraction of nginx's maximum in this "
+        f"run ({nginx_max:,} req/s at 1 KiB), latency measured from each request's "
+        "intended send time (corrected for coordinated omission). `×nginx` is the "
+        "ratio to nginx at the same rate. *behind*: under 95 % of the rate served; "
+        "**overloaded**: under 80 %, or requests still waiting 2 s after the schedule "
+        "ended; those are given up and enter the percentiles at their age then, "
+        "which makes them lower bounds (≥). Higher rates are not run for a proxy "
+        "once it is overloaded.\n"
+    )
+    print("| rate | proxy | achieved req/s | p50 | ×nginx | p99 | ×nginx | p99.9 | ×nginx | errors + given up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for pct in percents:
+        base = results.get((pct, "nginx"), {})
+        for proxy in PROXIES:
+            r = results.get((pct, proxy))
+            if r is None:
+                continue
+            label = f"{pct} % ({nginx_max * pct // 100:,}/s)"
+            if r.get("skipped"):
+                print(f"| {label} | {LABELS[proxy]} | not run: overloaded at a lower rate |"
+                      + " |" * 7)
+                continue
+            over = r["unfinished"] > 0 or r["achieved_rps"] < 0.8 * r["rate"]
+            behind = not over and r["achieved_rps"] < 0.95 * r["rate"]
+            mark = "≥ " if r["unfinished"] > 0 else ""
+            note = " **overloaded**" if over else " *behind*" if behind else ""
+            cells = [f"{r['achieved_rps']:,.0f}" + note]
+            for key in ("p50_us", "p99_us", "p999_us"):
+                cells.append(mark + fmt_lat(r[key]))
+                b = base.get(key) if not base.get("skipped") else None
+                cells.append(f"{r[key] / b:.2f}" if b else "–")
+            cells.append(str(r["errors"] + r["unfinished"]))
+            print(f"| {label} | {LABELS[proxy]} | " + " | ".join(cells) + " |")
+    print()
+
+
+def print_h2(work: Path) -> None:
+    h2 = work / "h2"
+    files = sorted(h2.glob("*.h2load")) if h2.exists() else []
+    if not files:
+        return
+    cases = {}
+    for f in files:
+        body, proxy = f.stem.split("-", 1)
+        m = parse_h2load(f.read_text())
+        if m is not None:
+            meta = parse_meta(f.with_suffix(".meta").read_text())
+            done = m["done"] or 1
+            m["cpu_us"] = meta["cpu_ticks"] / meta["hz"] * 1e6 / done
+        cases[(int(body), proxy)] = m
+    print("## HTTP/2 (cleartext, prior knowledge), maximum throughput\n")
+    print(
+        "h2load -t1 -c16 -m4 (64 requests in flight, as wrk's 64 connections); the "
+        "proxies speak HTTP/1.1 to the backend. Latency is h2load's mean time per "
+        "request at saturation (it reports no percentiles).\n"
+    )
+    print("| body | proxy | req/s | ×nginx | mean latency | CPU µs/req | ×nginx | failed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for body in sorted({b for b, _ in cases}):
+        base = cases.get((body, "nginx"))
+        for proxy in PROXIES:
+            if (body, proxy) not in cases:
+                continue
+            m = cases[(body, proxy)]
+            if m is None:
+                print(f"| {body} B | {LABELS[proxy]} | no h2c (prior knowledge) | | | | | |")
+                continue
+            rps_x = f"{m['rps'] / base['rps']:.2f}" if base else "–"
+            cpu_x = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "–"
+            print(
+                f"| {body} B | {LABELS[proxy]} | {m['rps']:,.0f} | {rps_x} | "
+                f"{fmt_lat(m['mean_us'])} | {m['cpu_us']:.1f} | {cpu_x} | {m['failed']} |"
+            )
+    print()
+
+
 def main() -> None:
-    raw, machine, date = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    work, machine, date = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    raw = work / "raw"
     cases = {}  # (run, body, proxy) -> metrics
     for wrk in sorted(raw.glob("*.wrk")):
         run, body, proxy = wrk.stem.split("-", 2)
@@ -76,9 +190,6 @@ def main() -> None:
         ("cpu_us", "CPU µs/req", "{:.1f}"),
         ("rss_mib", "peak RSS MiB", "{:.1f}"),
     ]
-
-    def fmt_lat(us: float) -> str:
-        return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
     print(f"# Proxy benchmark, {date}\n")
     print(machine.read_text().rstrip() + "\n")
@@ -125,6 +236,8 @@ def main() -> None:
         for p in problems:
             print(f"- {p}")
         print()
+    print_rates(work)
+    print_h2(work)
 
 
 if __name__ == "__main__":
