@@ -10,7 +10,7 @@ use crate::body::{self, Body};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::plugin::{
-    PluginResponse, Pool, RequestDecision, RequestPatch, RequestView, ResponseDecision,
+    PluginResponse, Pool, RequestDecision, RequestInfo, RequestPatch, ResponseDecision,
     UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
@@ -30,11 +30,12 @@ pub struct RequestPass {
 }
 
 /// Run `on-request` for each plugin of `route`, applying patches to `parts`.
+/// A plugin that declared no `on-request` counts as continuing.
 pub async fn on_request(
     snapshot: &Snapshot,
     route: &Route,
     parts: &mut http::request::Parts,
-    ctx: &RequestCtx<'_>,
+    info: &Arc<RequestInfo>,
 ) -> RequestPass {
     let mut pass = RequestPass {
         continued: Vec::with_capacity(route.chain.len()),
@@ -43,8 +44,11 @@ pub async fn on_request(
         short_circuit: None,
     };
     for (i, pool) in route.chain.iter().enumerate() {
-        let view = ctx.view(parts, pass.upstream.name());
-        match pool.on_request(&view).await {
+        if !pool.hooks().on_request {
+            pass.continued.push(i);
+            continue;
+        }
+        match pool.on_request(parts, info, &pass.upstream).await {
             Ok(RequestDecision::Continue(patch)) => {
                 if let Err(e) = apply_request_patch(snapshot, pool, patch, parts, &mut pass) {
                     pass.short_circuit = Some(e.to_response());
@@ -123,22 +127,27 @@ fn apply_request_patch(
     Ok(())
 }
 
-/// Run `on-response` in reverse over the plugins that continued.
+/// Run `on-response` in reverse over the plugins that continued (and
+/// declared `on-response`).
 pub async fn on_response(
     route: &Route,
     pass: &RequestPass,
-    parts: &http::request::Parts,
-    ctx: &RequestCtx<'_>,
+    parts: &mut http::request::Parts,
+    info: &Arc<RequestInfo>,
     outcome: &UpstreamOutcome,
     mut resp: http::Response<Body>,
 ) -> http::Response<Body> {
     for &i in pass.continued.iter().rev() {
         let pool = &route.chain[i];
-        let view = ctx.view(parts, pass.upstream.name());
-        match pool
-            .on_response(&view, outcome, resp.status(), resp.headers())
-            .await
-        {
+        if !pool.hooks().on_response {
+            continue;
+        }
+        let (mut head, body) = resp.into_parts();
+        let result = pool
+            .on_response(parts, info, &pass.upstream, outcome, &mut head)
+            .await;
+        resp = http::Response::from_parts(head, body);
+        match result {
             Ok(ResponseDecision::Continue(patch)) => {
                 if let Some(status) = patch.status {
                     *resp.status_mut() = status;
@@ -167,34 +176,6 @@ pub async fn on_response(
         }
     }
     resp
-}
-
-/// Per-request facts plugins see besides the head.
-pub struct RequestCtx<'a> {
-    /// `http` or `https`.
-    pub scheme: &'a str,
-    /// Host as the client sent it.
-    pub authority: &'a str,
-    /// Client `ip:port`.
-    pub client_addr: &'a str,
-    /// Route name.
-    pub route: &'a str,
-    /// Path parameters.
-    pub params: &'a [(String, String)],
-}
-
-impl<'a> RequestCtx<'a> {
-    fn view<'b>(&'b self, parts: &'b http::request::Parts, upstream: &'b str) -> RequestView<'b> {
-        RequestView {
-            parts,
-            scheme: self.scheme,
-            authority: self.authority,
-            client_addr: self.client_addr,
-            route: self.route,
-            params: self.params,
-            upstream,
-        }
-    }
 }
 
 fn plugin_response(r: PluginResponse) -> http::Response<Body> {

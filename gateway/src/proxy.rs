@@ -23,9 +23,9 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
-use crate::chain::{self, RequestCtx};
+use crate::chain;
 use crate::error::ProxyError;
-use crate::plugin::{OutcomeResult, UpstreamOutcome};
+use crate::plugin::{OutcomeResult, RequestInfo, UpstreamOutcome};
 use crate::router::Lookup;
 use crate::snapshot::Snapshot;
 
@@ -53,23 +53,22 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     };
     // 2. Prepare the upstream request head: hop-by-hop headers out, forwarding headers in.
     prepare_request(&mut parts, &conn, &authority);
-    let client = conn.client.to_string();
-    let ctx = RequestCtx {
+    let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
-        authority: &authority,
-        client_addr: &client,
-        route: &route.name,
-        params: &params,
-    };
+        authority,
+        client_addr: conn.client.to_string(),
+        route: route.name.clone(),
+        params,
+    });
     // 3. Plugins, on-request, in chain order.
-    let mut pass = chain::on_request(&snapshot, route, &mut parts, &ctx).await;
+    let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
     // 4. Upstream, unless a plugin already answered.
     let (outcome, resp) = match pass.short_circuit.take() {
         Some(resp) => (skipped(), resp),
         None => call_upstream(&pass.upstream, &parts, body).await,
     };
     // 5. Plugins, on-response, in reverse order.
-    let mut resp = chain::on_response(route, &pass, &parts, &ctx, &outcome, resp).await;
+    let mut resp = chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await;
     // 6. Finish: plugins' response headers, hop-by-hop headers out.
     finish_response(&snapshot, &mut resp, pass.response_headers);
     // 7. Log and count.

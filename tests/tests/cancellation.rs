@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use wicket::config::{Limits, PluginConfig};
+use wicket::config::{EndpointConfig, Limits, PluginConfig, UpstreamConfig};
 use wicket::metrics::Metrics;
-use wicket::plugin::{Pool, RequestDecision, RequestView, Runtime, RuntimeOptions};
+use wicket::plugin::{Pool, RequestDecision, RequestInfo, Runtime, RuntimeOptions};
 use wicket::state::SharedState;
+use wicket::upstream::Upstream;
 use wicket::Clock;
 
 /// A pool of one `chaos` instance with a deadline far beyond the test's wait.
@@ -51,16 +52,28 @@ fn request(chaos: Option<&str>) -> http::request::Parts {
 }
 
 async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecision, String> {
-    let view = RequestView {
-        parts,
+    let info = Arc::new(RequestInfo {
         scheme: "http",
-        authority: "test",
-        client_addr: "127.0.0.1:1",
-        route: "r",
-        params: &[],
-        upstream: "b",
+        authority: "test".into(),
+        client_addr: "127.0.0.1:1".into(),
+        route: Arc::from("r"),
+        params: Vec::new(),
+    });
+    let upstream = UpstreamConfig {
+        endpoints: vec![EndpointConfig {
+            address: "127.0.0.1:9".parse().expect("address"),
+            weight: 1,
+        }],
+        balance: Default::default(),
+        connect_timeout_ms: 1_000,
+        request_timeout_ms: 1_000,
+        max_idle_per_endpoint: 1,
     };
-    pool.on_request(&view).await.map_err(|e| e.to_string())
+    let upstream = Arc::new(Upstream::new("b", &upstream).expect("valid upstream"));
+    let mut parts = parts.clone();
+    pool.on_request(&mut parts, &info, &upstream)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::{
-    OutcomeResult, PluginError, PluginResponse, RequestDecision, RequestPatch, RequestView,
+    Hooks, OutcomeResult, PluginError, PluginResponse, RequestDecision, RequestPatch,
     ResponseDecision, ResponsePatch, UpstreamOutcome,
 };
 use crate::config::Limits;
@@ -20,56 +20,33 @@ mod generated {
         world: "policy",
         imports: {
             "wicket:plugin/state": async,
+            // The request and response handles trap when used outside a hook.
+            "wicket:plugin/types": trappable,
         },
         exports: { default: async },
+        with: {
+            "wicket:plugin/types.request": crate::plugin::host::RequestHandle,
+            "wicket:plugin/types.response-head": crate::plugin::host::ResponseHandle,
+        },
     });
 }
 
 pub(crate) use generated::wicket::plugin::{clock, log, metrics, state, types};
 pub(crate) use generated::{Policy, PolicyPre};
 
-/// Build the guest's view of a request.
-pub(crate) fn request_head(view: &RequestView<'_>) -> types::RequestHead {
-    let parts = view.parts;
-    types::RequestHead {
-        method: parts.method.as_str().to_string(),
-        scheme: view.scheme.to_string(),
-        authority: view.authority.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| types::Header {
-                name: n.as_str().to_string(),
-                value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-        client_addr: view.client_addr.to_string(),
-        route: view.route.to_string(),
-        params: view
-            .params
-            .iter()
-            .map(|(n, v)| types::RouteParam {
-                name: n.clone(),
-                value: v.clone(),
-            })
-            .collect(),
-        upstream: view.upstream.to_string(),
+/// Convert the hooks `init` declared.
+pub(crate) fn hooks(h: types::Hooks) -> Hooks {
+    Hooks {
+        on_request: h.contains(types::Hooks::ON_REQUEST),
+        on_response: h.contains(types::Hooks::ON_RESPONSE),
     }
 }
 
-/// Build the guest's view of a response head.
-pub(crate) fn response_head(status: StatusCode, headers: &http::HeaderMap) -> types::ResponseHead {
-    types::ResponseHead {
-        status: status.as_u16(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| types::Header {
-                name: n.as_str().to_string(),
-                value: v.as_bytes().to_vec(),
-            })
-            .collect(),
+/// A header as the guest's type.
+pub(crate) fn header(name: &HeaderName, value: &HeaderValue) -> types::Header {
+    types::Header {
+        name: name.as_str().to_string(),
+        value: value.as_bytes().to_vec(),
     }
 }
 

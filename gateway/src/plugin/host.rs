@@ -1,15 +1,19 @@
-//! The host side of the contract's imports: log, clock, metrics and state, as
-//! seen by one plugin instance. Each instance's store carries a [`HostState`].
+//! The host side of the contract's imports: the request and response handles,
+//! log, clock, metrics and state, as seen by one plugin instance. Each
+//! instance's store carries a [`HostState`].
 
 use std::sync::Arc;
 
-use wasmtime::component::ResourceTable;
+use http::{HeaderMap, StatusCode};
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{clock, log, metrics, state, types};
+use super::bindings::{self, clock, log, metrics, state, types};
+use super::RequestInfo;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::state::{CasOutcome, SharedState, StateError};
+use crate::upstream::Upstream;
 
 /// What every instance of a plugin shares.
 #[derive(Clone)]
@@ -29,6 +33,74 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryCap,
     /// Epoch ticks this call may still run before it is stopped.
     pub(crate) ticks_left: u64,
+    /// What the running hook may read; `None` between calls.
+    pub(crate) call: Option<Call>,
+}
+
+/// The request (and, for `on-response`, the response head) of the hook call
+/// in progress. The head is moved into the store for the call and back out
+/// after it, so a guest reads it in place and nothing is copied until it
+/// asks.
+pub(crate) struct Call {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) info: Arc<RequestInfo>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) response: Option<(StatusCode, HeaderMap)>,
+}
+
+/// The host side of `types.request`. There is one request per call, held in
+/// [`HostState::call`], so the handle carries nothing.
+#[allow(unreachable_pub)] // bindgen re-exports `with` types as `pub`
+pub struct RequestHandle;
+
+/// The host side of `types.response-head`; see [`RequestHandle`].
+#[allow(unreachable_pub)] // as above
+pub struct ResponseHandle;
+
+impl HostState {
+    fn current(&self) -> wasmtime::Result<&Call> {
+        self.call
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("request handle used outside a hook call"))
+    }
+
+    fn response(&self) -> wasmtime::Result<(StatusCode, &HeaderMap)> {
+        match &self.current()?.response {
+            Some((status, headers)) => Ok((*status, headers)),
+            None => Err(wasmtime::Error::msg(
+                "response handle used outside on-response",
+            )),
+        }
+    }
+}
+
+fn first_value(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+fn all_values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
+}
+
+fn all_headers(headers: &HeaderMap) -> Vec<types::Header> {
+    headers
+        .iter()
+        .map(|(n, v)| bindings::header(n, v))
+        .collect()
+}
+
+fn params(info: &RequestInfo) -> Vec<types::RouteParam> {
+    info.params
+        .iter()
+        .map(|(name, value)| types::RouteParam {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 impl WasiView for HostState {
@@ -82,6 +154,129 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 }
 
 impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.parts.method.as_str().to_string())
+    }
+
+    fn scheme(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.scheme.to_string())
+    }
+
+    fn authority(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.authority.clone())
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.parts.uri.path().to_string())
+    }
+
+    fn query(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.current()?.parts.uri.query().map(str::to_string))
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first_value(&self.current()?.parts.headers, &name))
+    }
+
+    fn header_values(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(all_values(&self.current()?.parts.headers, &name))
+    }
+
+    fn headers(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(all_headers(&self.current()?.parts.headers))
+    }
+
+    fn client_addr(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.client_addr.clone())
+    }
+
+    fn route(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.route.to_string())
+    }
+
+    fn param(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let info = &self.current()?.info;
+        Ok(info
+            .params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone()))
+    }
+
+    fn params(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Vec<types::RouteParam>> {
+        Ok(params(&self.current()?.info))
+    }
+
+    fn upstream(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.upstream.name().to_string())
+    }
+
+    fn head(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<types::RequestHead> {
+        let call = self.current()?;
+        let (parts, info) = (&call.parts, &call.info);
+        Ok(types::RequestHead {
+            method: parts.method.as_str().to_string(),
+            scheme: info.scheme.to_string(),
+            authority: info.authority.clone(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: all_headers(&parts.headers),
+            client_addr: info.client_addr.clone(),
+            route: info.route.to_string(),
+            params: params(info),
+            upstream: call.upstream.name().to_string(),
+        })
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        // Hooks only ever lend the handle; there is nothing to free.
+        Ok(())
+    }
+}
+
+impl types::HostResponseHead for HostState {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<u16> {
+        Ok(self.response()?.0.as_u16())
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(first_value(self.response()?.1, &name))
+    }
+
+    fn header_values(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(all_values(self.response()?.1, &name))
+    }
+
+    fn headers(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(all_headers(self.response()?.1))
+    }
+
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {

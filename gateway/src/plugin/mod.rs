@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -33,9 +33,9 @@ use crate::clock::Clock;
 use crate::config::{FailurePolicy, Isolation, Limits, PluginConfig};
 use crate::metrics::Metrics;
 use crate::state::SharedState;
-use crate::upstream::UpstreamErrorKind;
+use crate::upstream::{Upstream, UpstreamErrorKind};
 use bindings::{Policy, PolicyPre};
-use host::{GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceeded};
+use host::{Call, GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceeded};
 
 /// How often the epoch advances; the resolution of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -312,17 +312,19 @@ impl Plugin {
     /// Create a pool for one route's configuration of this plugin, and prove
     /// the configuration by initialising its first instance.
     pub async fn pool(self: &Arc<Self>, config_json: String) -> Result<Arc<Pool>, PluginError> {
-        let pool = Arc::new(Pool {
+        let mut pool = Pool {
             plugin: self.clone(),
             config: config_json,
+            hooks: Hooks::default(),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(self.limits.instances as usize)),
-        });
-        let first = pool.fresh_instance().await?;
+        };
+        let (first, hooks) = pool.fresh_instance().await?;
+        pool.hooks = hooks;
         if self.isolation == Isolation::Pooled {
             pool.put(first);
         }
-        Ok(pool)
+        Ok(Arc::new(pool))
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -351,6 +353,7 @@ impl Plugin {
                 max_bytes: self.limits.memory_mb as usize * 1024 * 1024,
             },
             ticks_left: 0,
+            call: None,
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -401,10 +404,32 @@ struct Instance {
     policy: Policy,
 }
 
+/// The hooks a plugin declared in `init`; the chain skips the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// Call `on-request`.
+    pub on_request: bool,
+    /// Call `on-response`.
+    pub on_response: bool,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            on_request: true,
+            on_response: true,
+        }
+    }
+}
+
 /// The instances of one plugin with one route configuration.
 pub struct Pool {
     plugin: Arc<Plugin>,
     config: String,
+    /// What the first instance's `init` declared. Every instance of a pool
+    /// runs the same module with the same config, and `init` must be
+    /// deterministic, so one answer holds for all.
+    hooks: Hooks,
     idle: Mutex<Vec<Instance>>,
     /// Bounds live instances (idle + in use) to `limits.instances`.
     permits: Arc<Semaphore>,
@@ -470,7 +495,12 @@ impl Pool {
             .push(instance);
     }
 
-    async fn fresh_instance(&self) -> Result<Instance, PluginError> {
+    /// The hooks this pool's plugin implements.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    async fn fresh_instance(&self) -> Result<(Instance, Hooks), PluginError> {
         let plugin = &self.plugin;
         let mut store = plugin.new_store();
         // The deadline covers instantiation and `init` too: a new store's
@@ -486,7 +516,7 @@ impl Pool {
             })?;
         plugin.arm_deadline(&mut store);
         match policy.call_init(&mut store, &self.config).await {
-            Ok(Ok(())) => Ok(Instance { store, policy }),
+            Ok(Ok(hooks)) => Ok((Instance { store, policy }, bindings::hooks(hooks))),
             Ok(Err(message)) => Err(PluginError::Init(message)),
             Err(e) => Err(plugin.classify(e)),
         }
@@ -506,7 +536,7 @@ impl Pool {
         };
         let instance = match idle {
             Some(i) => i,
-            None => self.fresh_instance().await?,
+            None => self.fresh_instance().await?.0,
         };
         Ok(Lease {
             pool: self,
@@ -516,39 +546,63 @@ impl Pool {
         })
     }
 
-    /// Run `on-request`.
-    pub async fn on_request(&self, view: &RequestView<'_>) -> Result<RequestDecision, PluginError> {
-        let head = bindings::request_head(view);
+    /// Run `on-request` on the request head `parts`, which the guest reads
+    /// in place: it is moved into the instance's store for the call and back
+    /// after it.
+    pub async fn on_request(
+        &self,
+        parts: &mut http::request::Parts,
+        info: &Arc<RequestInfo>,
+        upstream: &Arc<Upstream>,
+    ) -> Result<RequestDecision, PluginError> {
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
         let result = {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
-            inst.policy.call_on_request(&mut inst.store, &head).await
+            let call = lend(parts, info, upstream, None);
+            inst.store.data_mut().call = Some(call);
+            let result = inst
+                .policy
+                .call_on_request(&mut inst.store, Resource::new_borrow(0))
+                .await;
+            restore(&mut inst.store, parts, None);
+            result
         };
         self.finish(&mut lease, result)
             .and_then(|a| bindings::request_decision(a, &plugin.limits))
     }
 
-    /// Run `on-response`.
+    /// Run `on-response`. The request head and the response head are lent to
+    /// the guest as in [`Pool::on_request`].
     pub async fn on_response(
         &self,
-        view: &RequestView<'_>,
+        parts: &mut http::request::Parts,
+        info: &Arc<RequestInfo>,
+        upstream: &Arc<Upstream>,
         outcome: &UpstreamOutcome,
-        status: StatusCode,
-        headers: &http::HeaderMap,
+        resp: &mut http::response::Parts,
     ) -> Result<ResponseDecision, PluginError> {
-        let head = bindings::request_head(view);
         let outcome = bindings::outcome(outcome);
-        let resp = bindings::response_head(status, headers);
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
         let result = {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
-            inst.policy
-                .call_on_response(&mut inst.store, &head, &outcome, &resp)
-                .await
+            let response = (resp.status, std::mem::take(&mut resp.headers));
+            let call = lend(parts, info, upstream, Some(response));
+            inst.store.data_mut().call = Some(call);
+            let result = inst
+                .policy
+                .call_on_response(
+                    &mut inst.store,
+                    Resource::new_borrow(0),
+                    &outcome,
+                    Resource::new_borrow(0),
+                )
+                .await;
+            restore(&mut inst.store, parts, Some(&mut resp.headers));
+            result
         };
         self.finish(&mut lease, result)
             .and_then(|a| bindings::response_decision(a, &plugin.limits))
@@ -578,24 +632,54 @@ impl Pool {
     }
 }
 
-/// The request as plugins see it: the head being built for the upstream plus
-/// what routing decided.
+/// What routing decided about a request: the facts every hook call of the
+/// request shares besides the head itself.
 #[derive(Debug)]
-pub struct RequestView<'a> {
-    /// Method, URI and headers as they stand after earlier patches.
-    pub parts: &'a http::request::Parts,
+pub struct RequestInfo {
     /// `http` or `https`.
-    pub scheme: &'a str,
+    pub scheme: &'static str,
     /// Host as the client sent it.
-    pub authority: &'a str,
+    pub authority: String,
     /// `ip:port` of the client.
-    pub client_addr: &'a str,
+    pub client_addr: String,
     /// Matched route name.
-    pub route: &'a str,
+    pub route: Arc<str>,
     /// Captured path parameters.
-    pub params: &'a [(String, String)],
-    /// The upstream chosen so far.
-    pub upstream: &'a str,
+    pub params: Vec<(String, String)>,
+}
+
+/// Move the request head (and response head) into a [`Call`], leaving an
+/// empty head behind until [`restore`] puts it back.
+fn lend(
+    parts: &mut http::request::Parts,
+    info: &Arc<RequestInfo>,
+    upstream: &Arc<Upstream>,
+    response: Option<(StatusCode, http::HeaderMap)>,
+) -> Call {
+    let empty = http::Request::new(()).into_parts().0;
+    Call {
+        parts: std::mem::replace(parts, empty),
+        info: info.clone(),
+        upstream: upstream.clone(),
+        response,
+    }
+}
+
+/// Take back what [`lend`] moved into the store. Runs whether the call
+/// succeeded or failed, so a fail-open plugin leaves the request intact. (If
+/// the call's future is dropped half-way, the request is being abandoned and
+/// the head goes with the discarded instance.)
+fn restore(
+    store: &mut Store<HostState>,
+    parts: &mut http::request::Parts,
+    response_headers: Option<&mut http::HeaderMap>,
+) {
+    if let Some(call) = store.data_mut().call.take() {
+        *parts = call.parts;
+        if let (Some(out), Some((_, headers))) = (response_headers, call.response) {
+            *out = headers;
+        }
+    }
 }
 
 /// What `on-request` decided.

@@ -2,15 +2,18 @@
 //! [`export_plugin!`] once.
 //!
 //! ```ignore
-//! use wicket_plugin_sdk::{export_plugin, Plugin, RequestAction, RequestHead, RequestPatch};
+//! use wicket_plugin_sdk::{export_plugin, Hooks, Plugin, Request, RequestAction, RequestPatch};
 //!
 //! struct AddHeader { value: String }
 //!
 //! impl Plugin for AddHeader {
+//!     // Only `on-request`: the host then skips `on-response` for this plugin.
+//!     const HOOKS: Hooks = Hooks::ON_REQUEST;
+//!
 //!     fn init(config: &str) -> Result<Self, String> {
 //!         Ok(AddHeader { value: config.to_string() })
 //!     }
-//!     fn on_request(&self, _req: &RequestHead) -> RequestAction {
+//!     fn on_request(&self, _req: &Request) -> RequestAction {
 //!         RequestAction::Continue(RequestPatch::default().set_header("x-hello", &self.value))
 //!     }
 //! }
@@ -22,6 +25,11 @@
 //! the contract, `wit/plugin.wit`. Instances are reused across requests, so a
 //! plugin keeps no per-request state in `self`; shared counters live in
 //! [`state`].
+//!
+//! A hook's [`Request`] and [`ResponseHead`] fetch from the host only what the
+//! plugin reads, and cache it for the rest of the call; in native unit tests
+//! build them from plain values with [`Request::from_head`] and
+//! [`ResponseHead::new`].
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +38,7 @@ pub mod transact;
 
 /// Bindings generated from the contract. Plugin authors use the re-exports below.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // `on-response`'s export glue: two handles and a flattened record
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
@@ -43,21 +52,27 @@ pub mod bindings {
 
 use std::cell::OnceCell;
 
+use bindings::wicket::plugin::types as wit;
 pub use bindings::wicket::plugin::types::{
-    Header, RequestAction, RequestHead, RequestPatch, Response, ResponseAction, ResponseHead,
+    Header, Hooks, RequestAction, RequestHead, RequestPatch, Response, ResponseAction,
     ResponsePatch, RouteParam, UpstreamError, UpstreamOutcome, UpstreamResult,
 };
 pub use bindings::wicket::plugin::{clock, log, metrics, state};
 
 /// A policy plugin. Every hook has a default that lets traffic through unchanged.
 pub trait Plugin: Sized + 'static {
+    /// The hooks this plugin implements; the host never calls the others,
+    /// which saves a guest call per request. Default: both. A plugin that only
+    /// decides on the request sets `Hooks::ON_REQUEST`.
+    const HOOKS: Hooks = Hooks::all();
+
     /// Build the plugin from its per-route configuration (JSON text, `{}` when the
     /// route gives none). Return a message naming the bad field on error; the
     /// gateway reports it at the configuration's location.
     fn init(config: &str) -> Result<Self, String>;
 
     /// Runs for each request, in chain order. Default: continue unchanged.
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let _ = request;
         RequestAction::Continue(RequestPatch::default())
     }
@@ -65,7 +80,7 @@ pub trait Plugin: Sized + 'static {
     /// Runs when the response is known, in reverse chain order. Default: keep it.
     fn on_response(
         &self,
-        request: &RequestHead,
+        request: &Request,
         outcome: &UpstreamOutcome,
         response: &ResponseHead,
     ) -> ResponseAction {
@@ -81,12 +96,13 @@ thread_local! {
 }
 
 #[doc(hidden)]
-pub fn __init<P: Plugin>(config: String) -> Result<(), String> {
+pub fn __init<P: Plugin>(config: String) -> Result<Hooks, String> {
     let plugin = P::init(&config)?;
     INSTANCE.with(|cell| {
         cell.set(Box::new(plugin))
             .map_err(|_| "init called twice on one instance".to_string())
-    })
+    })?;
+    Ok(P::HOOKS)
 }
 
 fn with_plugin<P: Plugin, R>(f: impl FnOnce(&P) -> R) -> R {
@@ -100,16 +116,19 @@ fn with_plugin<P: Plugin, R>(f: impl FnOnce(&P) -> R) -> R {
 }
 
 #[doc(hidden)]
-pub fn __on_request<P: Plugin>(request: RequestHead) -> RequestAction {
+pub fn __on_request<P: Plugin>(request: &wit::Request) -> RequestAction {
+    let request = Request::from_host(request);
     with_plugin(|p: &P| p.on_request(&request))
 }
 
 #[doc(hidden)]
 pub fn __on_response<P: Plugin>(
-    request: RequestHead,
+    request: &wit::Request,
     outcome: UpstreamOutcome,
-    response: ResponseHead,
+    response: &wit::ResponseHead,
 ) -> ResponseAction {
+    let request = Request::from_host(request);
+    let response = ResponseHead::from_host(response);
     with_plugin(|p: &P| p.on_response(&request, &outcome, &response))
 }
 
@@ -119,22 +138,271 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         struct __WicketPolicy;
         impl $crate::bindings::Guest for __WicketPolicy {
-            fn init(config: String) -> Result<(), String> {
+            fn init(config: String) -> Result<$crate::Hooks, String> {
                 $crate::__init::<$plugin>(config)
             }
-            fn on_request(request: $crate::RequestHead) -> $crate::RequestAction {
+            fn on_request(
+                request: &$crate::bindings::wicket::plugin::types::Request,
+            ) -> $crate::RequestAction {
                 $crate::__on_request::<$plugin>(request)
             }
             fn on_response(
-                request: $crate::RequestHead,
+                request: &$crate::bindings::wicket::plugin::types::Request,
                 outcome: $crate::UpstreamOutcome,
-                response: $crate::ResponseHead,
+                response: &$crate::bindings::wicket::plugin::types::ResponseHead,
             ) -> $crate::ResponseAction {
                 $crate::__on_response::<$plugin>(request, outcome, response)
             }
         }
         $crate::bindings::__export_policy!(__WicketPolicy with_types_in $crate::bindings);
     };
+}
+
+/// The request a hook sees. Each part is fetched from the host the first time
+/// it is read and cached for the rest of the call, so a plugin pays only for
+/// what it reads.
+pub struct Request<'a> {
+    /// `None` for a request built from plain values (tests): every cell is
+    /// then filled up front.
+    host: Option<&'a wit::Request>,
+    method: OnceCell<String>,
+    scheme: OnceCell<String>,
+    authority: OnceCell<String>,
+    path: OnceCell<String>,
+    query: OnceCell<Option<String>>,
+    client_addr: OnceCell<String>,
+    route: OnceCell<String>,
+    upstream: OnceCell<String>,
+    params: OnceCell<Vec<RouteParam>>,
+    headers: OnceCell<Vec<Header>>,
+}
+
+impl<'a> Request<'a> {
+    fn from_host(host: &'a wit::Request) -> Request<'a> {
+        Request {
+            host: Some(host),
+            method: OnceCell::new(),
+            scheme: OnceCell::new(),
+            authority: OnceCell::new(),
+            path: OnceCell::new(),
+            query: OnceCell::new(),
+            client_addr: OnceCell::new(),
+            route: OnceCell::new(),
+            upstream: OnceCell::new(),
+            params: OnceCell::new(),
+            headers: OnceCell::new(),
+        }
+    }
+
+    /// A request from plain values, for unit tests of a plugin's logic.
+    pub fn from_head(head: RequestHead) -> Request<'static> {
+        Request {
+            host: None,
+            method: OnceCell::from(head.method),
+            scheme: OnceCell::from(head.scheme),
+            authority: OnceCell::from(head.authority),
+            path: OnceCell::from(head.path),
+            query: OnceCell::from(head.query),
+            client_addr: OnceCell::from(head.client_addr),
+            route: OnceCell::from(head.route),
+            upstream: OnceCell::from(head.upstream),
+            params: OnceCell::from(head.params),
+            headers: OnceCell::from(head.headers),
+        }
+    }
+
+    fn fetch<'s, T>(
+        &'s self,
+        cell: &'s OnceCell<T>,
+        get: impl FnOnce(&wit::Request) -> T,
+    ) -> &'s T {
+        cell.get_or_init(|| get(self.host.expect("plain requests are filled up front")))
+    }
+
+    /// Upper-case method, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        self.fetch(&self.method, wit::Request::method).as_str()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.fetch(&self.scheme, wit::Request::scheme).as_str()
+    }
+
+    /// The `Host` (or `:authority`), including any port.
+    pub fn authority(&self) -> &str {
+        self.fetch(&self.authority, wit::Request::authority)
+            .as_str()
+    }
+
+    /// The path, starting with `/`, without the query.
+    pub fn path(&self) -> &str {
+        self.fetch(&self.path, wit::Request::path).as_str()
+    }
+
+    /// The raw query string without `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.fetch(&self.query, wit::Request::query).as_deref()
+    }
+
+    /// The client's address as `ip:port`.
+    pub fn client_addr(&self) -> &str {
+        self.fetch(&self.client_addr, wit::Request::client_addr)
+            .as_str()
+    }
+
+    /// The matched route's name.
+    pub fn route(&self) -> &str {
+        self.fetch(&self.route, wit::Request::route).as_str()
+    }
+
+    /// The upstream the request is headed for.
+    pub fn upstream(&self) -> &str {
+        self.fetch(&self.upstream, wit::Request::upstream).as_str()
+    }
+
+    /// Every path parameter the route captured.
+    pub fn params(&self) -> &[RouteParam] {
+        self.fetch(&self.params, wit::Request::params).as_slice()
+    }
+
+    /// One path parameter by name.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params()
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.as_str())
+    }
+
+    /// Every header in arrival order. Copies them all from the host; prefer
+    /// [`Request::header`] for single lookups.
+    pub fn headers(&self) -> &[Header] {
+        self.fetch(&self.headers, wit::Request::headers).as_slice()
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match (self.headers.get(), self.host) {
+            (None, Some(host)) => host.header(name),
+            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
+                .next()
+                .map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        match (self.headers.get(), self.host) {
+            (None, Some(host)) => host.header_values(name),
+            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
+                .map(<[u8]>::to_vec)
+                .collect(),
+        }
+    }
+
+    /// The first value of a header as UTF-8 text, if it is valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// The first value of a query parameter (raw, not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The value of a cookie from the `cookie` header(s).
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.header_values("cookie").into_iter().find_map(|v| {
+            let v = String::from_utf8(v).ok()?;
+            v.split(';').find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })
+        })
+    }
+
+    /// The client's IP address without the port.
+    pub fn client_ip(&self) -> &str {
+        let addr = self.client_addr();
+        match addr.rsplit_once(':') {
+            Some((ip, _)) => ip.trim_start_matches('[').trim_end_matches(']'),
+            None => addr,
+        }
+    }
+}
+
+/// The response head `on-response` sees, fetched from the host as it is read.
+pub struct ResponseHead<'a> {
+    host: Option<&'a wit::ResponseHead>,
+    status: OnceCell<u16>,
+    headers: OnceCell<Vec<Header>>,
+}
+
+impl<'a> ResponseHead<'a> {
+    fn from_host(host: &'a wit::ResponseHead) -> ResponseHead<'a> {
+        ResponseHead {
+            host: Some(host),
+            status: OnceCell::new(),
+            headers: OnceCell::new(),
+        }
+    }
+
+    /// A response head from plain values, for unit tests of a plugin's logic.
+    pub fn new(status: u16, headers: Vec<Header>) -> ResponseHead<'static> {
+        ResponseHead {
+            host: None,
+            status: OnceCell::from(status),
+            headers: OnceCell::from(headers),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        *self
+            .status
+            .get_or_init(|| self.host.expect("filled up front").status())
+    }
+
+    /// Every header, in order. Copies them all; prefer [`ResponseHead::header`].
+    pub fn headers(&self) -> &[Header] {
+        self.headers
+            .get_or_init(|| self.host.expect("filled up front").headers())
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match (self.headers.get(), self.host) {
+            (None, Some(host)) => host.header(name),
+            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
+                .next()
+                .map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The first value of a header as UTF-8 text, if it is valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        match (self.headers.get(), self.host) {
+            (None, Some(host)) => host.header_values(name),
+            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
+                .map(<[u8]>::to_vec)
+                .collect(),
+        }
+    }
+}
+
+fn find_headers<'h>(headers: &'h [Header], name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
 }
 
 #[allow(clippy::derivable_impls)] // generated type: cannot derive here
@@ -220,61 +488,6 @@ impl Response {
         self.headers.push(header(name, value));
         self
     }
-}
-
-impl RequestHead {
-    /// The first value of a header, by case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_header(&self.headers, name)
-    }
-
-    /// The first value of a header as UTF-8 text, if it is valid UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The first value of a query parameter (raw, not percent-decoded).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
-    }
-
-    /// The value of a cookie from the `cookie` header(s).
-    pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .filter_map(|h| std::str::from_utf8(&h.value).ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                (k == name).then_some(v)
-            })
-    }
-
-    /// The client's IP address without the port.
-    pub fn client_ip(&self) -> &str {
-        match self.client_addr.rsplit_once(':') {
-            Some((ip, _)) => ip.trim_start_matches('[').trim_end_matches(']'),
-            None => &self.client_addr,
-        }
-    }
-}
-
-impl ResponseHead {
-    /// The first value of a header, by case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_header(&self.headers, name)
-    }
-}
-
-fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
 }
 
 /// Log a message at `info` level into the gateway's log.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, Plugin, RequestAction, RequestHead, RequestPatch, ResponseAction, ResponseHead,
+    export_plugin, Plugin, Request, RequestAction, RequestPatch, ResponseAction, ResponseHead,
     ResponsePatch, UpstreamOutcome,
 };
 
@@ -25,7 +25,7 @@ impl Plugin for HeaderInjector {
         serde_json::from_str(config).map_err(|e| e.to_string())
     }
 
-    fn on_request(&self, _request: &RequestHead) -> RequestAction {
+    fn on_request(&self, _request: &Request) -> RequestAction {
         let patch = self
             .request
             .iter()
@@ -35,7 +35,7 @@ impl Plugin for HeaderInjector {
 
     fn on_response(
         &self,
-        _request: &RequestHead,
+        _request: &Request,
         _outcome: &UpstreamOutcome,
         _response: &ResponseHead,
     ) -> ResponseAction {

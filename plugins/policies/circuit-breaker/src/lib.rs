@@ -14,7 +14,7 @@ mod outcome;
 
 use wicket_plugin_sdk::transact::{HostStore, TxError};
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    clock, export_plugin, log, metrics, Plugin, Request, RequestAction, RequestPatch, Response,
     ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
@@ -23,7 +23,7 @@ use crate::config::{Config, OnStateError, Scope};
 use crate::outcome::Observation;
 
 /// Marks a request admitted as a half-open probe; its value is the episode.
-/// `on-response` reads it back from the request head, since the plugin keeps
+/// `on-response` reads it back from the request, since the plugin keeps
 /// nothing per request. Any client-supplied copy is removed first, so a client
 /// cannot pose as a probe.
 const PROBE_HEADER: &str = "x-wicket-circuit-probe";
@@ -41,7 +41,7 @@ impl Plugin for CircuitBreaker {
         Config::parse(config).map(|config| CircuitBreaker { config })
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let (scope, name) = self.circuit_of(request);
         let key = state_key(scope, name);
         let gate = breaker::gate(&self.config.policy, &HostStore, &key, clock::now_ms());
@@ -62,7 +62,7 @@ impl Plugin for CircuitBreaker {
 
     fn on_response(
         &self,
-        request: &RequestHead,
+        request: &Request,
         outcome: &UpstreamOutcome,
         _response: &ResponseHead,
     ) -> ResponseAction {
@@ -109,10 +109,10 @@ export_plugin!(CircuitBreaker);
 
 impl CircuitBreaker {
     /// The circuit a request belongs to: `("upstream", name)` or `("route", name)`.
-    fn circuit_of<'r>(&self, request: &'r RequestHead) -> (&'static str, &'r str) {
+    fn circuit_of<'r>(&self, request: &'r Request) -> (&'static str, &'r str) {
         match self.config.scope {
-            Scope::Upstream => ("upstream", &request.upstream),
-            Scope::Route => ("route", &request.route),
+            Scope::Upstream => ("upstream", request.upstream()),
+            Scope::Route => ("route", request.route()),
         }
     }
 }

@@ -12,7 +12,7 @@ mod config;
 mod decide;
 
 use wicket_plugin_sdk::{
-    export_plugin, header, log, metrics, state, Plugin, RequestAction, RequestHead, RequestPatch,
+    export_plugin, header, log, metrics, state, Plugin, Request, RequestAction, RequestPatch,
     Response, ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
@@ -26,9 +26,9 @@ impl Plugin for Degradation {
 
     /// Answers with the fallback at once while the manual switch is on, so the
     /// upstream (and every later plugin) is not called.
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
-        if self.applies_to(&request.method) && self.switch_on() {
-            count(&request.route, Reason::Forced);
+    fn on_request(&self, request: &Request) -> RequestAction {
+        if self.applies_to(request.method()) && self.switch_on() {
+            count(request.route(), Reason::Forced);
             return RequestAction::Respond(fallback_response(
                 &self.fallback,
                 self.marker_header.as_deref(),
@@ -41,17 +41,17 @@ impl Plugin for Degradation {
     /// Replaces a failed, 5xx or circuit-open response with the fallback.
     fn on_response(
         &self,
-        request: &RequestHead,
+        request: &Request,
         outcome: &UpstreamOutcome,
         response: &ResponseHead,
     ) -> ResponseAction {
-        if !self.applies_to(&request.method) {
+        if !self.applies_to(request.method()) {
             return ResponseAction::Continue(ResponsePatch::default());
         }
-        let circuit_open = decide::is_circuit_open(&response.headers, &self.circuit_header);
+        let circuit_open = decide::is_circuit_open(&response.header_values(&self.circuit_header));
         match decide::response_reason(self.triggers, &outcome.result, circuit_open) {
             Some(reason) => {
-                count(&request.route, reason);
+                count(request.route(), reason);
                 ResponseAction::Replace(fallback_response(
                     &self.fallback,
                     self.marker_header.as_deref(),

@@ -16,7 +16,8 @@ mod token;
 
 use serde_json::{Map, Value};
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    clock, export_plugin, log, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch,
+    Response,
 };
 
 use crate::config::Settings;
@@ -49,14 +50,14 @@ impl Outcome {
 impl JwtAuth {
     /// The decision for one request at `now_ms`; no host imports, so it is
     /// unit-tested as is.
-    fn authenticate(&self, request: &RequestHead, now_ms: u64) -> (RequestAction, Outcome) {
+    fn authenticate(&self, request: &Request, now_ms: u64) -> (RequestAction, Outcome) {
         let Some(token) = self.settings.sources.iter().find_map(|s| s.token(request)) else {
             return (
                 RequestAction::Respond(missing_token()),
                 Outcome::MissingToken,
             );
         };
-        match token::validate(&self.settings.rules, token, now_ms) {
+        match token::validate(&self.settings.rules, &token, now_ms) {
             Ok(claims) => (
                 RequestAction::Continue(self.forward(&claims)),
                 Outcome::Allowed,
@@ -134,18 +135,20 @@ fn refusal(code: &str, message: &str, challenge: String) -> Response {
 }
 
 impl Plugin for JwtAuth {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: &str) -> Result<Self, String> {
         Settings::parse(config).map(|settings| JwtAuth { settings })
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let (action, outcome) = self.authenticate(request, clock::now_ms());
         if let Outcome::InvalidToken(error) = outcome {
             log::log(
                 log::Level::Debug,
                 &format!(
                     "route {}: token refused: {}",
-                    request.route,
+                    request.route(),
                     error.description()
                 ),
             );
@@ -188,7 +191,7 @@ mod tests {
         plugin(config)
     }
 
-    fn bearer(token: &str) -> RequestHead {
+    fn bearer(token: &str) -> Request<'static> {
         request(&[("authorization", &format!("Bearer {token}"))], None)
     }
 

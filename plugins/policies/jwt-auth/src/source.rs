@@ -1,7 +1,7 @@
 //! Where a request carries its token: a header, a query parameter or a cookie.
 
 use serde::Deserialize;
-use wicket_plugin_sdk::RequestHead;
+use wicket_plugin_sdk::Request;
 
 use crate::config::header_name;
 
@@ -32,21 +32,28 @@ impl TokenSource {
     /// The `authorization` header only yields a token under the `Bearer` scheme
     /// (RFC 6750 §2.1); another scheme counts as no token. Other headers may
     /// carry the bare token or `Bearer <token>`.
-    pub(crate) fn token<'a>(&self, request: &'a RequestHead) -> Option<&'a str> {
-        let token = match self {
+    pub(crate) fn token(&self, request: &Request) -> Option<String> {
+        match self {
             TokenSource::Header(name) => {
-                let value = request.header_str(name)?.trim();
+                let value = request.header_str(name)?;
+                let value = value.trim();
                 match bearer(value) {
-                    Some(token) => token,
-                    None if name == "authorization" => return None,
-                    None => value,
+                    Some(token) => non_empty(token),
+                    None if name == "authorization" => None,
+                    None => non_empty(value),
                 }
             }
-            TokenSource::Query(name) => request.query_param(name)?,
-            TokenSource::Cookie(name) => request.cookie(name)?,
-        };
-        Some(token.trim()).filter(|t| !t.is_empty())
+            TokenSource::Query(name) => non_empty(request.query_param(name)?),
+            TokenSource::Cookie(name) => non_empty(&request.cookie(name)?),
+        }
     }
+}
+
+/// The token without surrounding whitespace, unless that leaves nothing.
+fn non_empty(token: &str) -> Option<String> {
+    Some(token.trim())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// The credentials of a `Bearer` authorization value (scheme is case-insensitive).
@@ -63,11 +70,7 @@ mod tests {
     #[test]
     fn authorization_header_needs_bearer_scheme() {
         let source = TokenSource::Header("authorization".into());
-        let token = |value: &str| {
-            source
-                .token(&request(&[("authorization", value)], None))
-                .map(str::to_string)
-        };
+        let token = |value: &str| source.token(&request(&[("authorization", value)], None));
         assert_eq!(token("Bearer abc.def.ghi").as_deref(), Some("abc.def.ghi"));
         assert_eq!(token("bearer   abc").as_deref(), Some("abc"));
         assert_eq!(token("Basic dXNlcjpwYXNz"), None);
@@ -80,9 +83,9 @@ mod tests {
     fn custom_header_takes_bare_or_bearer_token() {
         let source = TokenSource::Header("x-token".into());
         let req = request(&[("x-token", "abc")], None);
-        assert_eq!(source.token(&req), Some("abc"));
+        assert_eq!(source.token(&req).as_deref(), Some("abc"));
         let req = request(&[("x-token", "Bearer abc")], None);
-        assert_eq!(source.token(&req), Some("abc"));
+        assert_eq!(source.token(&req).as_deref(), Some("abc"));
     }
 
     #[test]
@@ -92,10 +95,15 @@ mod tests {
             Some("page=1&access_token=a.b.c"),
         );
         assert_eq!(
-            TokenSource::Query("access_token".into()).token(&req),
+            TokenSource::Query("access_token".into())
+                .token(&req)
+                .as_deref(),
             Some("a.b.c")
         );
-        assert_eq!(TokenSource::Cookie("jwt".into()).token(&req), Some("c.d.e"));
+        assert_eq!(
+            TokenSource::Cookie("jwt".into()).token(&req).as_deref(),
+            Some("c.d.e")
+        );
         assert_eq!(TokenSource::Cookie("other".into()).token(&req), None);
     }
 }

@@ -1,4 +1,4 @@
-//! Test-only helpers: request heads and token signing with the fixed keys in
+//! Test-only helpers: requests and token signing with the fixed keys in
 //! `testdata/` (throwaway keys generated with openssl for these tests only).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -6,7 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::{Sha256, Sha384, Sha512};
-use wicket_plugin_sdk::{header, RequestHead};
+use wicket_plugin_sdk::{header, Request, RequestHead};
 
 /// The fixed "now" of every test: 2023-11-14T22:13:20Z.
 pub(crate) const NOW_S: u64 = 1_700_000_000;
@@ -16,8 +16,8 @@ const RSA_PRIVATE: &str = include_str!("../testdata/rsa_private.pem");
 const P256_PRIVATE: &str = include_str!("../testdata/p256_private.pem");
 const P384_PRIVATE: &str = include_str!("../testdata/p384_private.pem");
 
-pub(crate) fn request(headers: &[(&str, &str)], query: Option<&str>) -> RequestHead {
-    RequestHead {
+pub(crate) fn request(headers: &[(&str, &str)], query: Option<&str>) -> Request<'static> {
+    Request::from_head(RequestHead {
         method: "GET".into(),
         scheme: "https".into(),
         authority: "api.example.test".into(),
@@ -28,7 +28,7 @@ pub(crate) fn request(headers: &[(&str, &str)], query: Option<&str>) -> RequestH
         route: "orders".into(),
         params: Vec::new(),
         upstream: "orders-backend".into(),
-    }
+    })
 }
 
 /// How a test token is signed.

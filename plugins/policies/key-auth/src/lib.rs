@@ -12,7 +12,7 @@ mod config;
 mod keys;
 
 use wicket_plugin_sdk::{
-    export_plugin, metrics, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    export_plugin, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch, Response,
 };
 
 use crate::config::Config;
@@ -64,7 +64,7 @@ impl KeyAuth {
     }
 
     /// The decision for one request; no host imports, so it is unit-tested as is.
-    fn authenticate(&self, request: &RequestHead) -> (RequestAction, Outcome) {
+    fn authenticate(&self, request: &Request) -> (RequestAction, Outcome) {
         let Some((key, source)) = self.presented_key(request) else {
             let response = unauthorized("missing_api_key", "an API key is required");
             return (RequestAction::Respond(response), Outcome::MissingKey);
@@ -83,7 +83,7 @@ impl KeyAuth {
         (RequestAction::Continue(patch), Outcome::Allowed)
     }
 
-    fn presented_key(&self, request: &RequestHead) -> Option<(Vec<u8>, Source)> {
+    fn presented_key(&self, request: &Request) -> Option<(Vec<u8>, Source)> {
         if let Some(value) = request.header(&self.header) {
             let value = value.trim_ascii();
             if !value.is_empty() {
@@ -97,11 +97,13 @@ impl KeyAuth {
 }
 
 impl Plugin for KeyAuth {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: &str) -> Result<Self, String> {
         Config::parse(config).map(KeyAuth::from_config)
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let (action, outcome) = self.authenticate(request);
         metrics::counter_add(
             "auth_decisions",
@@ -151,14 +153,14 @@ export_plugin!(KeyAuth);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wicket_plugin_sdk::{header, Header};
+    use wicket_plugin_sdk::{header, Header, RequestHead};
 
     fn plugin(config: &str) -> KeyAuth {
         KeyAuth::init(config).unwrap()
     }
 
-    fn request(headers: &[(&str, &str)], query: Option<&str>) -> RequestHead {
-        RequestHead {
+    fn request(headers: &[(&str, &str)], query: Option<&str>) -> Request<'static> {
+        Request::from_head(RequestHead {
             method: "GET".into(),
             scheme: "http".into(),
             authority: "example.test".into(),
@@ -169,7 +171,7 @@ mod tests {
             route: "api".into(),
             params: Vec::new(),
             upstream: "backend".into(),
-        }
+        })
     }
 
     fn continued(action: RequestAction) -> RequestPatch {

@@ -2,7 +2,7 @@
 //! scope (route or shared name), the limit, and the client identity.
 
 use sha2::{Digest, Sha256};
-use wicket_plugin_sdk::RequestHead;
+use wicket_plugin_sdk::Request;
 
 use crate::bucket::Limit;
 
@@ -36,7 +36,7 @@ pub(crate) fn identity(
     source: &KeySource,
     consumer_header: &str,
     missing: MissingKey,
-    request: &RequestHead,
+    request: &Request,
 ) -> Option<String> {
     let value = match source {
         KeySource::ClientIp => return Some(client_ip_identity(request)),
@@ -46,13 +46,13 @@ pub(crate) fn identity(
             .filter(|v| !v.is_empty())
             // Header values are often credentials (API keys, tokens): only a
             // digest of them is kept in state, never the value itself.
-            .map(|v| format!("h:{name}:{}", digest(v))),
+            .map(|v| format!("h:{name}:{}", digest(&v))),
         KeySource::Consumer => request
             .header(consumer_header)
             .filter(|v| !v.is_empty())
-            .map(|v| match std::str::from_utf8(v) {
+            .map(|v| match std::str::from_utf8(&v) {
                 Ok(name) if is_plain(name) => format!("c:{name}"),
-                _ => format!("c#:{}", digest(v)),
+                _ => format!("c#:{}", digest(&v)),
             }),
     };
     match (value, missing) {
@@ -63,7 +63,7 @@ pub(crate) fn identity(
     }
 }
 
-fn client_ip_identity(request: &RequestHead) -> String {
+fn client_ip_identity(request: &Request) -> String {
     format!("ip:{}", request.client_ip())
 }
 
@@ -100,12 +100,12 @@ fn digest(value: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use wicket_plugin_sdk::header;
+    use wicket_plugin_sdk::{header, RequestHead};
 
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
+    fn request(headers: &[(&str, &str)]) -> Request<'static> {
+        Request::from_head(RequestHead {
             method: "GET".into(),
             scheme: "http".into(),
             authority: "example.test".into(),
@@ -116,7 +116,7 @@ mod tests {
             route: "api".into(),
             params: vec![],
             upstream: "backend".into(),
-        }
+        })
     }
 
     const CONSUMER: &str = "x-wicket-consumer";

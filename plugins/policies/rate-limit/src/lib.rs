@@ -12,7 +12,7 @@ mod limiter;
 
 use wicket_plugin_sdk::transact::HostStore;
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, state, Plugin, RequestAction, RequestHead, RequestPatch,
+    clock, export_plugin, log, metrics, state, Hooks, Plugin, Request, RequestAction, RequestPatch,
     Response,
 };
 
@@ -25,11 +25,13 @@ struct RateLimit {
 }
 
 impl Plugin for RateLimit {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: &str) -> Result<Self, String> {
         Config::parse(config).map(|config| RateLimit { config })
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let verdict = limiter::check(&self.config, &HostStore, request, clock::now_ms());
         observe(request, &verdict);
         respond(&self.config, verdict)
@@ -39,7 +41,7 @@ impl Plugin for RateLimit {
 export_plugin!(RateLimit);
 
 /// Count the decision and log the ones an operator must hear about.
-fn observe(request: &RequestHead, verdict: &Verdict<state::StateError>) {
+fn observe(request: &Request, verdict: &Verdict<state::StateError>) {
     let decision = match verdict {
         Verdict::Allowed(_) => "allowed",
         Verdict::Limited { .. } => "limited",
@@ -50,7 +52,7 @@ fn observe(request: &RequestHead, verdict: &Verdict<state::StateError>) {
                 log::Level::Warn,
                 &format!(
                     "rate limit state unavailable on route {}: {e:?}",
-                    request.route
+                    request.route()
                 ),
             );
             "state_error"
@@ -61,7 +63,7 @@ fn observe(request: &RequestHead, verdict: &Verdict<state::StateError>) {
             log::Level::Warn,
             &format!(
                 "rate limit bucket on route {} too contended; request refused",
-                request.route
+                request.route()
             ),
         );
     }
@@ -71,7 +73,7 @@ fn observe(request: &RequestHead, verdict: &Verdict<state::StateError>) {
     };
     metrics::counter_add(
         "rate_limit_requests_total",
-        &[label("route", &request.route), label("decision", decision)],
+        &[label("route", request.route()), label("decision", decision)],
         1,
     );
 }

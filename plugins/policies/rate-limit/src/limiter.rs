@@ -2,7 +2,7 @@
 //! compare-and-swap loop, and say what happened. Generic over the [`Store`]
 //! so the same code runs against the host and, in tests, an in-memory store.
 
-use wicket_plugin_sdk::RequestHead;
+use wicket_plugin_sdk::Request;
 
 use crate::bucket::{take, Bucket, Decision, Quota};
 use crate::config::Config;
@@ -28,7 +28,7 @@ pub(crate) enum Verdict<E> {
 pub(crate) fn check<S: Store>(
     config: &Config,
     store: &S,
-    request: &RequestHead,
+    request: &Request,
     now_ms: u64,
 ) -> Verdict<S::Error> {
     let Some(identity) = identity(
@@ -39,7 +39,7 @@ pub(crate) fn check<S: Store>(
     ) else {
         return Verdict::KeyMissing;
     };
-    let scope = config.bucket.as_deref().unwrap_or(&request.route);
+    let scope = config.bucket.as_deref().unwrap_or(request.route());
     let key = state_key(scope, &config.limit, &identity);
     let limit = &config.limit;
     let result = transact(store, &key, |current| {
@@ -76,15 +76,15 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Barrier;
 
-    use wicket_plugin_sdk::header;
+    use wicket_plugin_sdk::{header, RequestHead};
 
     use super::*;
     use wicket_plugin_sdk::transact::memory::{MemoryStore, Unavailable};
 
     const T0: u64 = 1_700_000_000_000;
 
-    fn request(route: &str, ip: &str, headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
+    fn request(route: &str, ip: &str, headers: &[(&str, &str)]) -> Request<'static> {
+        Request::from_head(RequestHead {
             method: "GET".into(),
             scheme: "http".into(),
             authority: "example.test".into(),
@@ -95,7 +95,7 @@ mod tests {
             route: route.into(),
             params: vec![],
             upstream: "backend".into(),
-        }
+        })
     }
 
     fn config(json: &str) -> Config {

@@ -7,7 +7,7 @@
 //! so that the low digits used for the bucket are well mixed even for short,
 //! similar keys (IP addresses, sequential ids).
 
-use wicket_plugin_sdk::RequestHead;
+use wicket_plugin_sdk::Request;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -53,12 +53,12 @@ pub(crate) fn seed_bucket(salt: &str, seed: u64) -> u8 {
 /// with the client's address and port and the request target, so requests
 /// arriving within one clock tick — or under a clock frozen by a test — still
 /// spread.
-pub(crate) fn request_seed(monotonic_ns: u64, request: &RequestHead) -> u64 {
+pub(crate) fn request_seed(monotonic_ns: u64, request: &Request) -> u64 {
     let mut h = fnv1a(&monotonic_ns.to_le_bytes());
     for part in [
-        request.client_addr.as_str(),
-        request.path.as_str(),
-        request.query.as_deref().unwrap_or(""),
+        request.client_addr(),
+        request.path(),
+        request.query().unwrap_or(""),
     ] {
         h = fnv1a_continue(h, part.as_bytes());
         h = fnv1a_continue(h, &[0]);
@@ -74,6 +74,7 @@ fn percent(h: u64) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wicket_plugin_sdk::RequestHead;
 
     #[test]
     fn fnv1a_matches_reference_vectors() {
@@ -96,8 +97,8 @@ mod tests {
 
     const PINNED: [u8; 4] = [95, 14, 56, 47];
 
-    fn request(client_addr: &str, path: &str) -> RequestHead {
-        RequestHead {
+    fn request(client_addr: &str, path: &str) -> Request<'static> {
+        Request::from_head(RequestHead {
             method: "GET".to_string(),
             scheme: "http".to_string(),
             authority: "example.test".to_string(),
@@ -108,7 +109,7 @@ mod tests {
             route: "api".to_string(),
             params: Vec::new(),
             upstream: "stable".to_string(),
-        }
+        })
     }
 
     #[test]

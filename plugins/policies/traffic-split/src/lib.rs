@@ -12,17 +12,19 @@ mod rewrite;
 mod split;
 
 use wicket_plugin_sdk::{
-    clock, export_plugin, metrics, Plugin, RequestAction, RequestHead, RequestPatch,
+    clock, export_plugin, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch,
 };
 
 use config::TrafficSplit;
 
 impl Plugin for TrafficSplit {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: &str) -> Result<Self, String> {
         TrafficSplit::from_json(config)
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         // The clock is only read when a weighted rule may need a roll.
         let seed = if self.rules.iter().any(|r| r.weight.is_some()) {
             hash::request_seed(clock::monotonic_ns(), request)
@@ -30,8 +32,8 @@ impl Plugin for TrafficSplit {
             0
         };
         let decision = self.route(request, seed);
-        let served_by = decision.upstream.unwrap_or(&request.upstream);
-        count(&request.route, served_by);
+        let served_by = decision.upstream.unwrap_or(request.upstream());
+        count(request.route(), served_by);
 
         let mut patch = RequestPatch::default();
         if let Some(name) = &self.upstream_header {

@@ -2,7 +2,7 @@
 //! matches the request decides the upstream and the path. Pure functions of
 //! the request and a per-request seed, so every case is unit-tested.
 
-use wicket_plugin_sdk::RequestHead;
+use wicket_plugin_sdk::Request;
 
 use crate::config::TrafficSplit;
 use crate::hash;
@@ -56,7 +56,7 @@ pub(crate) struct Decision<'a> {
 impl TrafficSplit {
     /// Route one request. `seed` is a per-request random value, used for
     /// weighted rules when there is no sticky key (or the request lacks it).
-    pub(crate) fn route(&self, request: &RequestHead, seed: u64) -> Decision<'_> {
+    pub(crate) fn route(&self, request: &Request, seed: u64) -> Decision<'_> {
         let sticky = self
             .sticky_key
             .as_ref()
@@ -64,19 +64,19 @@ impl TrafficSplit {
         let rule = self
             .rules
             .iter()
-            .find(|rule| rule.matches(request, sticky, seed));
+            .find(|rule| rule.matches(request, sticky.as_deref(), seed));
         let rewrite = rule
             .and_then(|r| r.rewrite.as_ref())
             .or(self.rewrite.as_ref());
         Decision {
             upstream: rule.and_then(|r| r.upstream.as_deref()),
-            path: rewrite.and_then(|r| r.apply(&request.path)),
+            path: rewrite.and_then(|r| r.apply(request.path())),
         }
     }
 }
 
 impl Rule {
-    fn matches(&self, request: &RequestHead, sticky: Option<&[u8]>, seed: u64) -> bool {
+    fn matches(&self, request: &Request, sticky: Option<&[u8]>, seed: u64) -> bool {
         if let Some(m) = &self.header {
             if !m.matches_header(request) {
                 return false;
@@ -108,15 +108,14 @@ impl Rule {
 impl ValueMatch {
     /// Any line of the header (a name may repeat) counts; values are compared
     /// byte for byte, as whole field values.
-    fn matches_header(&self, request: &RequestHead) -> bool {
+    fn matches_header(&self, request: &Request) -> bool {
         request
-            .headers
+            .header_values(&self.name)
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(&self.name))
-            .any(|h| self.accepts(&h.value))
+            .any(|v| self.accepts(v))
     }
 
-    fn matches_cookie(&self, request: &RequestHead) -> bool {
+    fn matches_cookie(&self, request: &Request) -> bool {
         request
             .cookie(&self.name)
             .is_some_and(|v| self.accepts(v.as_bytes()))
@@ -131,16 +130,12 @@ impl ValueMatch {
 }
 
 /// The request's sticky key, if it has a non-empty one.
-fn sticky_value<'r>(
-    key: &StickyKey,
-    request: &'r RequestHead,
-    consumer_header: &str,
-) -> Option<&'r [u8]> {
+fn sticky_value(key: &StickyKey, request: &Request, consumer_header: &str) -> Option<Vec<u8>> {
     let value = match key {
-        StickyKey::ClientIp => Some(request.client_ip().as_bytes()),
+        StickyKey::ClientIp => Some(request.client_ip().as_bytes().to_vec()),
         StickyKey::Consumer => request.header(consumer_header),
         StickyKey::Header(name) => request.header(name),
-        StickyKey::Cookie(name) => request.cookie(name).map(str::as_bytes),
+        StickyKey::Cookie(name) => request.cookie(name).map(String::into_bytes),
     };
     value.filter(|v| !v.is_empty())
 }
@@ -148,9 +143,9 @@ fn sticky_value<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wicket_plugin_sdk::header;
+    use wicket_plugin_sdk::{header, RequestHead};
 
-    fn request(path: &str, headers: &[(&str, &str)]) -> RequestHead {
+    fn head(path: &str, headers: &[(&str, &str)]) -> RequestHead {
         RequestHead {
             method: "GET".to_string(),
             scheme: "http".to_string(),
@@ -165,11 +160,15 @@ mod tests {
         }
     }
 
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request<'static> {
+        Request::from_head(head(path, headers))
+    }
+
     fn split(json: &str) -> TrafficSplit {
         TrafficSplit::from_json(json).unwrap()
     }
 
-    fn upstream_of<'a>(s: &'a TrafficSplit, r: &RequestHead, seed: u64) -> Option<&'a str> {
+    fn upstream_of<'a>(s: &'a TrafficSplit, r: &Request, seed: u64) -> Option<&'a str> {
         s.route(r, seed).upstream
     }
 
@@ -380,11 +379,15 @@ mod tests {
         let s = split(
             r#"{"sticky_key": "client_ip", "rules": [{"weight": 50, "upstream": "canary"}]}"#,
         );
+        let at = |client_addr: String| {
+            Request::from_head(RequestHead {
+                client_addr,
+                ..head("/", &[])
+            })
+        };
         for i in 0..100 {
-            let mut a = request("/", &[]);
-            a.client_addr = format!("198.51.100.{i}:1000");
-            let mut b = a.clone();
-            b.client_addr = format!("198.51.100.{i}:2000");
+            let a = at(format!("198.51.100.{i}:1000"));
+            let b = at(format!("198.51.100.{i}:2000"));
             assert_eq!(upstream_of(&s, &a, 1), upstream_of(&s, &b, 2));
         }
     }

@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, state, Header, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    export_plugin, state, Header, Plugin, Request, RequestAction, RequestPatch, Response,
     ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
@@ -209,16 +209,16 @@ impl Plugin for Chaos {
         Chaos::from_config(config, instance)
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
-        let mode = match request.header_str("x-chaos").map(str::parse) {
+    fn on_request(&self, request: &Request) -> RequestAction {
+        let mode = match request.header_str("x-chaos").map(|m| m.parse()) {
             None => self.default,
             Some(Ok(mode)) => mode,
             Some(Err(e)) => return RequestAction::Respond(unknown_mode(&e)),
         };
         match mode {
-            Mode::Continue => {
-                RequestAction::Continue(self.continue_patch(request.header_str("x-chain")))
-            }
+            Mode::Continue => RequestAction::Continue(
+                self.continue_patch(request.header_str("x-chain").as_deref()),
+            ),
             Mode::Trap => trap(),
             Mode::Loop => spin(),
             Mode::Memory => {
@@ -240,21 +240,19 @@ impl Plugin for Chaos {
 
     fn on_response(
         &self,
-        request: &RequestHead,
+        request: &Request,
         _outcome: &UpstreamOutcome,
         response: &ResponseHead,
     ) -> ResponseAction {
-        let mode = match request.header_str("x-chaos-response").map(str::parse) {
+        let mode = match request.header_str("x-chaos-response").map(|m| m.parse()) {
             None => Mode::Continue,
             Some(Ok(mode)) => mode,
             Some(Err(e)) => return ResponseAction::Replace(unknown_mode(&e)),
         };
         match mode {
             Mode::Continue => {
-                let chain = response
-                    .header("x-chain-response")
-                    .and_then(|v| std::str::from_utf8(v).ok());
-                ResponseAction::Continue(self.response_chain_patch(chain))
+                let chain = response.header_str("x-chain-response");
+                ResponseAction::Continue(self.response_chain_patch(chain.as_deref()))
             }
             Mode::Trap => trap(),
             Mode::Loop => spin(),

@@ -12,7 +12,7 @@
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, metrics, state, Plugin, RequestAction, RequestHead, RequestPatch, Response,
+    export_plugin, metrics, state, Hooks, Plugin, Request, RequestAction, RequestPatch, Response,
 };
 
 #[derive(Deserialize)]
@@ -37,14 +37,16 @@ fn action(hits: Result<i64, state::StateError>) -> RequestAction {
 }
 
 impl Plugin for Counter {
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))
     }
 
-    fn on_request(&self, request: &RequestHead) -> RequestAction {
+    fn on_request(&self, request: &Request) -> RequestAction {
         let route = metrics::Label {
             name: "route".to_string(),
-            value: request.route.clone(),
+            value: request.route().to_string(),
         };
         metrics::counter_add("hits_total", &[route], 1);
         action(state::increment("hits", 1, None))

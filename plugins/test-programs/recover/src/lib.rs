@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, Plugin, RequestHead, Response, ResponseAction, ResponseHead, ResponsePatch,
+    export_plugin, Hooks, Plugin, Request, Response, ResponseAction, ResponseHead, ResponsePatch,
     UpstreamError, UpstreamOutcome, UpstreamResult,
 };
 
@@ -36,13 +36,15 @@ fn recovered(error: UpstreamError) -> Response {
 }
 
 impl Plugin for Recover {
+    const HOOKS: Hooks = Hooks::ON_RESPONSE;
+
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))
     }
 
     fn on_response(
         &self,
-        _request: &RequestHead,
+        _request: &Request,
         outcome: &UpstreamOutcome,
         _response: &ResponseHead,
     ) -> ResponseAction {
