@@ -7,11 +7,13 @@
 //! struct AddHeader { value: String }
 //!
 //! impl Plugin for AddHeader {
-//!     // Only `on-request`: the host then skips `on-response` for this plugin.
-//!     const HOOKS: Hooks = Hooks::ON_REQUEST;
-//!
 //!     fn init(config: &str) -> Result<Self, String> {
 //!         Ok(AddHeader { value: config.to_string() })
+//!     }
+//!
+//!     // Only `on-request`: the host then skips `on-response` for this plugin.
+//!     fn hooks(&self) -> Hooks {
+//!         Hooks::ON_REQUEST
 //!     }
 //!     fn on_request(&self, _req: &Request) -> RequestAction {
 //!         RequestAction::Continue(RequestPatch::default().set_header("x-hello", &self.value))
@@ -61,15 +63,19 @@ pub use bindings::wicket::plugin::{clock, log, metrics, state};
 
 /// A policy plugin. Every hook has a default that lets traffic through unchanged.
 pub trait Plugin: Sized + 'static {
-    /// The hooks this plugin implements; the host never calls the others,
-    /// which saves a guest call per request. Default: both. A plugin that only
-    /// decides on the request sets `Hooks::ON_REQUEST`.
-    const HOOKS: Hooks = Hooks::all();
-
     /// Build the plugin from its per-route configuration (JSON text, `{}` when the
     /// route gives none). Return a message naming the bad field on error; the
     /// gateway reports it at the configuration's location.
     fn init(config: &str) -> Result<Self, String>;
+
+    /// The hooks this plugin implements, asked once right after `init`; the
+    /// host never calls the others, which saves a guest call per request.
+    /// Default: both. A plugin that only decides on the request returns
+    /// `Hooks::ON_REQUEST`; the answer may depend on the configuration (a
+    /// header injector with no response headers needs no `on-response`).
+    fn hooks(&self) -> Hooks {
+        Hooks::all()
+    }
 
     /// Runs for each request, in chain order. Default: continue unchanged.
     fn on_request(&self, request: &Request) -> RequestAction {
@@ -98,11 +104,12 @@ thread_local! {
 #[doc(hidden)]
 pub fn __init<P: Plugin>(config: String) -> Result<Hooks, String> {
     let plugin = P::init(&config)?;
+    let hooks = plugin.hooks();
     INSTANCE.with(|cell| {
         cell.set(Box::new(plugin))
             .map_err(|_| "init called twice on one instance".to_string())
     })?;
-    Ok(P::HOOKS)
+    Ok(hooks)
 }
 
 fn with_plugin<P: Plugin, R>(f: impl FnOnce(&P) -> R) -> R {
@@ -322,6 +329,26 @@ impl<'a> Request<'a> {
                 (k == name).then(|| v.to_string())
             })
         })
+    }
+
+    /// The whole head in one record. One call to the host, but it copies
+    /// every header: prefer the accessors above for what the plugin reads.
+    pub fn head(&self) -> RequestHead {
+        if let Some(host) = self.host {
+            return host.head();
+        }
+        RequestHead {
+            method: self.method().to_string(),
+            scheme: self.scheme().to_string(),
+            authority: self.authority().to_string(),
+            path: self.path().to_string(),
+            query: self.query().map(str::to_string),
+            headers: self.headers().to_vec(),
+            client_addr: self.client_addr().to_string(),
+            route: self.route().to_string(),
+            params: self.params().to_vec(),
+            upstream: self.upstream().to_string(),
+        }
     }
 
     /// The client's IP address without the port.

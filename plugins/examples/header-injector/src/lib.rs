@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
-    export_plugin, Plugin, Request, RequestAction, RequestPatch, ResponseAction, ResponseHead,
-    ResponsePatch, UpstreamOutcome,
+    export_plugin, Hooks, Plugin, Request, RequestAction, RequestPatch, ResponseAction,
+    ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
 #[derive(Deserialize, Default)]
@@ -23,6 +23,15 @@ struct HeaderInjector {
 impl Plugin for HeaderInjector {
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|e| e.to_string())
+    }
+
+    // Only the hooks with something to set, so a route that injects request
+    // headers alone never pays for an `on-response` call.
+    fn hooks(&self) -> Hooks {
+        let mut hooks = Hooks::empty();
+        hooks.set(Hooks::ON_REQUEST, !self.request.is_empty());
+        hooks.set(Hooks::ON_RESPONSE, !self.response.is_empty());
+        hooks
     }
 
     fn on_request(&self, _request: &Request) -> RequestAction {

@@ -135,7 +135,9 @@ fn refusal(code: &str, message: &str, challenge: String) -> Response {
 }
 
 impl Plugin for JwtAuth {
-    const HOOKS: Hooks = Hooks::ON_REQUEST;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         Settings::parse(config).map(|settings| JwtAuth { settings })

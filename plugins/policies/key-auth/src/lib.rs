@@ -97,7 +97,9 @@ impl KeyAuth {
 }
 
 impl Plugin for KeyAuth {
-    const HOOKS: Hooks = Hooks::ON_REQUEST;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         Config::parse(config).map(KeyAuth::from_config)

@@ -25,7 +25,9 @@ struct RateLimit {
 }
 
 impl Plugin for RateLimit {
-    const HOOKS: Hooks = Hooks::ON_REQUEST;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         Config::parse(config).map(|config| RateLimit { config })

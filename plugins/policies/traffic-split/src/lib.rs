@@ -18,7 +18,9 @@ use wicket_plugin_sdk::{
 use config::TrafficSplit;
 
 impl Plugin for TrafficSplit {
-    const HOOKS: Hooks = Hooks::ON_REQUEST;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         TrafficSplit::from_json(config)

@@ -37,7 +37,9 @@ fn action(hits: Result<i64, state::StateError>) -> RequestAction {
 }
 
 impl Plugin for Counter {
-    const HOOKS: Hooks = Hooks::ON_REQUEST;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))

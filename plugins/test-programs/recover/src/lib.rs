@@ -36,7 +36,9 @@ fn recovered(error: UpstreamError) -> Response {
 }
 
 impl Plugin for Recover {
-    const HOOKS: Hooks = Hooks::ON_RESPONSE;
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_RESPONSE
+    }
 
     fn init(config: &str) -> Result<Self, String> {
         serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))
