@@ -29,6 +29,16 @@ pub struct RequestPass {
     pub short_circuit: Option<http::Response<Body>>,
 }
 
+impl RequestPass {
+    /// Whether any `on-response` will run, and so read the request head
+    /// after the upstream call.
+    pub fn runs_on_response(&self, route: &Route) -> bool {
+        self.continued
+            .iter()
+            .any(|&i| route.chain[i].hooks().on_response)
+    }
+}
+
 /// Run `on-request` for each plugin of `route`, applying patches to `parts`.
 /// A plugin that declared no `on-request` counts as continuing.
 pub async fn on_request(

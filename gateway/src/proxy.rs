@@ -65,7 +65,16 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 4. Upstream, unless a plugin already answered.
     let (outcome, resp) = match pass.short_circuit.take() {
         Some(resp) => (skipped(), resp),
-        None => call_upstream(&pass.upstream, &parts, body).await,
+        None => {
+            // The head is moved, not copied, into the upstream request unless
+            // an `on-response` hook will still read it.
+            let headers = if pass.runs_on_response(route) {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            call_upstream(&pass.upstream, &parts, headers, body).await
+        }
     };
     // 5. Plugins, on-response, in reverse order.
     let mut resp = chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await;
@@ -197,6 +206,7 @@ fn skipped() -> UpstreamOutcome {
 async fn call_upstream(
     upstream: &crate::upstream::Upstream,
     parts: &http::request::Parts,
+    headers: HeaderMap,
     body: Incoming,
 ) -> (UpstreamOutcome, Response<Body>) {
     let Some(endpoint) = upstream.pick() else {
@@ -218,7 +228,7 @@ async fn call_upstream(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     let sent = Instant::now();
     let result = upstream.send(endpoint, req).await;
     let latency_us = sent.elapsed().as_micros() as u64;

@@ -260,6 +260,11 @@ impl Snapshot {
         }
     }
 
+    /// Whether the configuration declares a plugin of this name.
+    pub fn has_plugin(&self, name: &str) -> bool {
+        self.plugins.contains_key(name)
+    }
+
     /// An upstream by name.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)

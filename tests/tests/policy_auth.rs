@@ -299,6 +299,7 @@ routes:
       - name: key-auth
         config:
           keys: { "k-alice-1": alice, "k-alice-2": alice, "k-bob": bob }
+          query_param: api_key
 "#,
         &[("b", &b)],
     );
@@ -338,6 +339,30 @@ async fn key_auth_valid_key_forwards_its_consumer() {
         assert_eq!(r.echoed_header("x-api-key"), None, "the key is stripped");
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_auth_strips_a_key_sent_in_the_query() {
+    let (gw, _b) = key_gateway().await;
+    let c = HttpClient::new();
+    let r = c
+        .get(&gw.url("/api?page=2&api_key=k-bob&sort=asc"), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-wicket-consumer").as_deref(), Some("bob"));
+    assert_eq!(
+        r.json()["query"],
+        "page=2&sort=asc",
+        "the key never reaches the upstream"
+    );
+
+    let r = c.get(&gw.url("/api?api_key=k-bob"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["query"], Value::Null);
+    assert_key_refused(
+        &c.get(&gw.url("/api?api_key=nope"), &[]).await,
+        "invalid_api_key",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

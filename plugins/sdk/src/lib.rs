@@ -459,6 +459,13 @@ impl RequestPatch {
         self
     }
 
+    /// Replace the upstream request's query string (without `?`); `""`
+    /// removes it.
+    pub fn query(mut self, query: impl Into<String>) -> Self {
+        self.query = Some(query.into());
+        self
+    }
+
     /// Add a header to the response the client finally receives.
     pub fn response_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.response_headers.push(header(name, value));
@@ -483,6 +490,18 @@ impl ResponsePatch {
         self.set_headers.push(header(name, value));
         self
     }
+}
+
+/// `query` without any `name=value` (or bare `name`) pair, for
+/// [`RequestPatch::query`]: lets a plugin keep a credential passed in the
+/// query string from reaching the upstream. Other pairs keep their order and
+/// spelling; an empty result removes the query.
+pub fn query_without(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// A header with a lower-cased name.
@@ -520,4 +539,62 @@ impl Response {
 /// Log a message at `info` level into the gateway's log.
 pub fn log_info(message: &str) {
     log::log(log::Level::Info, message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_without_drops_every_pair_of_the_name_only() {
+        assert_eq!(query_without("api_key=s3cr3t&page=2", "api_key"), "page=2");
+        assert_eq!(
+            query_without("a=1&api_key=x&b=2&api_key=y", "api_key"),
+            "a=1&b=2"
+        );
+        assert_eq!(query_without("api_key", "api_key"), "");
+        assert_eq!(query_without("api_key=1", "api_key"), "");
+        assert_eq!(
+            query_without("api_keys=1&x=%20", "api_key"),
+            "api_keys=1&x=%20"
+        );
+        assert_eq!(query_without("&&a=1&", "b"), "a=1");
+    }
+
+    #[test]
+    fn plain_requests_answer_from_their_values() {
+        let req = Request::from_head(RequestHead {
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "example.com".into(),
+            path: "/p".into(),
+            query: Some("a=1&b=2".into()),
+            headers: vec![
+                header("cookie", "x=1; session=abc"),
+                header("x-multi", "a"),
+                header("X-Multi", "b"),
+            ],
+            client_addr: "[::1]:5000".into(),
+            route: "r".into(),
+            params: vec![RouteParam {
+                name: "id".into(),
+                value: "7".into(),
+            }],
+            upstream: "u".into(),
+        });
+        assert_eq!(req.header("X-MULTI"), Some(b"a".to_vec()));
+        assert_eq!(
+            req.header_values("x-multi"),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(req.header("missing"), None);
+        assert_eq!(req.cookie("session").as_deref(), Some("abc"));
+        assert_eq!(req.query_param("b"), Some("2"));
+        assert_eq!(req.param("id"), Some("7"));
+        assert_eq!(req.client_ip(), "::1");
+        assert_eq!(req.head().path, "/p");
+        let resp = ResponseHead::new(503, vec![header("Retry-After", "5")]);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.header_str("retry-after").as_deref(), Some("5"));
+    }
 }

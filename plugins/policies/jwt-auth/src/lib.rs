@@ -16,8 +16,8 @@ mod token;
 
 use serde_json::{Map, Value};
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch,
-    Response,
+    clock, export_plugin, log, metrics, query_without, Hooks, Plugin, Request, RequestAction,
+    RequestPatch, Response,
 };
 
 use crate::config::Settings;
@@ -59,7 +59,7 @@ impl JwtAuth {
         };
         match token::validate(&self.settings.rules, &token, now_ms) {
             Ok(claims) => (
-                RequestAction::Continue(self.forward(&claims)),
+                RequestAction::Continue(self.forward(&claims, request)),
                 Outcome::Allowed,
             ),
             Err(error) => (
@@ -72,17 +72,38 @@ impl JwtAuth {
     /// The patch for an accepted token: client-supplied copies of every header
     /// this plugin vouches for are removed first (remove is applied before set),
     /// so upstreams can trust what they receive.
-    fn forward(&self, claims: &Map<String, Value>) -> RequestPatch {
+    fn forward(&self, claims: &Map<String, Value>, request: &Request) -> RequestPatch {
         let s = &self.settings;
         let mut patch = RequestPatch::default().remove_header(&s.consumer_header);
         for (_, header) in &s.forward_claims {
             patch = patch.remove_header(header);
         }
         if s.strip_authorization {
+            // Query and cookie sources are rewritten without the token, the
+            // other parameters and cookies kept as they were.
+            let mut query = request.query().map(str::to_string);
+            let mut cookies: Option<Vec<String>> = None;
             for source in &s.sources {
-                if let TokenSource::Header(name) = source {
-                    patch = patch.remove_header(name);
+                match source {
+                    TokenSource::Header(name) => patch = patch.remove_header(name),
+                    TokenSource::Query(name) => {
+                        query = query.map(|q| query_without(&q, name));
+                    }
+                    TokenSource::Cookie(name) => {
+                        let all = cookies.get_or_insert_with(|| request_cookies(request));
+                        all.retain(|c| c.split('=').next().map(str::trim) != Some(name));
+                    }
                 }
+            }
+            if let Some(q) = query.filter(|q| Some(q.as_str()) != request.query()) {
+                patch = patch.query(q);
+            }
+            if let Some(cookies) = cookies {
+                patch = if cookies.is_empty() {
+                    patch.remove_header("cookie")
+                } else {
+                    patch.set_header("cookie", cookies.join("; "))
+                };
             }
         }
         if let Some(consumer) = claims.get(&s.consumer_claim).and_then(header_value) {
@@ -95,6 +116,19 @@ impl JwtAuth {
         }
         patch
     }
+}
+
+/// Every cookie pair of the request's `cookie` header(s), trimmed.
+fn request_cookies(request: &Request) -> Vec<String> {
+    request
+        .header_values("cookie")
+        .iter()
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A claim as header text: strings as they are, other values as compact JSON.
@@ -307,6 +341,37 @@ mod tests {
         let p = hs_plugin(serde_json::json!({"strip_authorization": true}));
         let patch = continued(p.authenticate(&bearer(&token), NOW_MS).0);
         assert!(patch.remove_headers.iter().any(|h| h == "authorization"));
+        assert_eq!(patch.query, None);
+        assert_eq!(value(&patch.set_headers, "cookie"), None);
+    }
+
+    #[test]
+    fn strip_authorization_rewrites_query_and_cookie_sources() {
+        let token = hs256(SECRET, serde_json::json!({"sub": "dan", "exp": NOW_S + 60}));
+        let p = hs_plugin(serde_json::json!({
+            "strip_authorization": true,
+            "token_from": [{"query": "access_token"}, {"cookie": "jwt"}],
+        }));
+        let req = request(
+            &[("cookie", &format!("theme=dark; jwt={token}; lang=en"))],
+            Some(&format!("x=1&access_token={token}&y=2")),
+        );
+        let patch = continued(p.authenticate(&req, NOW_MS).0);
+        assert_eq!(value(&patch.set_headers, "x-wicket-consumer"), Some("dan"));
+        assert_eq!(patch.query.as_deref(), Some("x=1&y=2"));
+        assert_eq!(
+            value(&patch.set_headers, "cookie"),
+            Some("theme=dark; lang=en")
+        );
+
+        // The token was the only cookie and the whole query: both go.
+        let req = request(
+            &[("cookie", &format!("jwt={token}"))],
+            Some(&format!("access_token={token}")),
+        );
+        let patch = continued(p.authenticate(&req, NOW_MS).0);
+        assert_eq!(patch.query.as_deref(), Some(""));
+        assert!(patch.remove_headers.iter().any(|h| h == "cookie"));
     }
 
     #[test]

@@ -12,7 +12,8 @@ mod config;
 mod keys;
 
 use wicket_plugin_sdk::{
-    export_plugin, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch, Response,
+    export_plugin, metrics, query_without, Hooks, Plugin, Request, RequestAction, RequestPatch,
+    Response,
 };
 
 use crate::config::Config;
@@ -45,8 +46,7 @@ impl Outcome {
     }
 }
 
-/// Where the presented key was found: only a header can be stripped, since the
-/// contract gives plugins no way to rewrite the query string.
+/// Where the presented key was found, so `strip_key` removes it from there.
 enum Source {
     Header,
     Query,
@@ -76,8 +76,13 @@ impl KeyAuth {
         // A client-supplied consumer header is removed first so that upstreams
         // can trust the one they receive (remove is applied before set).
         let mut patch = RequestPatch::default().remove_header(&self.consumer_header);
-        if self.strip_key && matches!(source, Source::Header) {
-            patch = patch.remove_header(&self.header);
+        if self.strip_key {
+            patch = match (source, &self.query_param, request.query()) {
+                (Source::Query, Some(param), Some(query)) => {
+                    patch.query(query_without(query, param))
+                }
+                _ => patch.remove_header(&self.header),
+            };
         }
         patch = patch.set_header(&self.consumer_header, consumer);
         (RequestAction::Continue(patch), Outcome::Allowed)
@@ -217,6 +222,7 @@ mod tests {
             .remove_headers
             .contains(&"x-wicket-consumer".to_string()));
         assert!(patch.remove_headers.contains(&"x-api-key".to_string()));
+        assert_eq!(patch.query, None, "a header key leaves the query alone");
     }
 
     #[test]
@@ -270,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn query_param_mode_accepts_key_and_leaves_query() {
+    fn query_param_mode_accepts_key_and_strips_it_from_the_query() {
         let p = plugin(&format!(r#"{KEYS}, "query_param": "api_key"}}"#));
         let req = request(&[], Some("page=2&api_key=s3cret-a"));
         let patch = continued(p.authenticate(&req).0);
@@ -279,7 +285,21 @@ mod tests {
             Some("alice")
         );
         assert_eq!(patch.path, None);
+        assert_eq!(patch.query.as_deref(), Some("page=2"));
         assert_eq!(patch.remove_headers, vec!["x-wicket-consumer".to_string()]);
+
+        // The key was the whole query: the query goes.
+        let req = request(&[], Some("api_key=s3cret-a"));
+        assert_eq!(continued(p.authenticate(&req).0).query.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn query_key_kept_when_strip_key_is_off() {
+        let p = plugin(&format!(
+            r#"{KEYS}, "query_param": "api_key", "strip_key": false}}"#
+        ));
+        let req = request(&[], Some("page=2&api_key=s3cret-a"));
+        assert_eq!(continued(p.authenticate(&req).0).query, None);
     }
 
     #[test]
