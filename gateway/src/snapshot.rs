@@ -173,6 +173,9 @@ impl Snapshot {
 
         // One pool per (plugin, config) pair: routes with the same plugin
         // configuration share instances.
+        let mut upstream_names: Vec<String> = config.upstreams.keys().cloned().collect();
+        upstream_names.sort();
+        let upstream_names: Arc<[String]> = upstream_names.into();
         let mut pools: HashMap<(String, String), Arc<Pool>> = HashMap::new();
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -198,16 +201,18 @@ impl Snapshot {
                     continue;
                 }
                 // An unchanged plugin with an unchanged config keeps its
-                // initialised instances across a reload.
+                // initialised instances across a reload — unless the set of
+                // upstreams changed, which `init` may have checked against.
                 let kept = previous
                     .and_then(|p| p.pools.get(&key))
-                    .filter(|pool| Arc::ptr_eq(pool.plugin(), plugin));
+                    .filter(|pool| Arc::ptr_eq(pool.plugin(), plugin))
+                    .filter(|pool| pool.upstreams() == &upstream_names[..]);
                 if let Some(pool) = kept {
                     pools.insert(key, pool.clone());
                     chain.push(pool.clone());
                     continue;
                 }
-                match plugin.pool(json).await {
+                match plugin.pool(json, upstream_names.clone()).await {
                     Ok(pool) => {
                         pools.insert(key, pool.clone());
                         chain.push(pool);

@@ -40,7 +40,10 @@ async fn single_instance_pool() -> Arc<Pool> {
     let plugin = runtime
         .load("chaos", &cfg, std::path::Path::new("."))
         .expect("chaos loads");
-    plugin.pool("{}".into()).await.expect("chaos initialises")
+    plugin
+        .pool("{}".into(), Arc::from(vec!["b".to_string()]))
+        .await
+        .expect("chaos initialises")
 }
 
 fn request(chaos: Option<&str>) -> http::request::Parts {

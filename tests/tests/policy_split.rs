@@ -153,3 +153,37 @@ async fn split_weight_without_a_sticky_key_spreads_requests() {
         "{on_canary} of {REQUESTS} on the canary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_to_an_unknown_upstream_is_refused_when_the_config_is_checked() {
+    let (gw, _stable, canary) = start().await;
+    let c = HttpClient::new();
+
+    // A reload that drops the `canary` upstream while a traffic-split rule
+    // still names it is refused at the rule's location, and the running
+    // configuration keeps routing to the canary.
+    let text = std::fs::read_to_string(&gw.config_path).expect("read config");
+    let without_canary: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("canary:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&gw.config_path, &without_canary).expect("write config");
+    let errors = gw
+        .gateway
+        .shared()
+        .reload()
+        .await
+        .expect_err("the reload must be refused");
+    let errors: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("routes[0].plugins[0].config: ")
+                && e.contains("rules[0].upstream: no upstream named `canary`")),
+        "{errors:?}"
+    );
+    let r = c.get(&gw.url("/hdr/x"), &[("x-canary", "1")]).await;
+    assert_eq!(r.json()["backend"], "canary");
+    assert_eq!(canary.hits.load(Ordering::SeqCst), 1);
+}

@@ -31,7 +31,7 @@ mod generated {
     });
 }
 
-pub(crate) use generated::wicket::plugin::{clock, log, metrics, state, types};
+pub(crate) use generated::wicket::plugin::{clock, gateway, log, metrics, state, types};
 pub(crate) use generated::{Policy, PolicyPre};
 
 /// Convert the hooks `init` declared.

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, clock, log, metrics, state, types};
+use super::bindings::{self, clock, gateway, log, metrics, state, types};
 use super::RequestInfo;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -35,6 +35,8 @@ pub(crate) struct HostState {
     pub(crate) ticks_left: u64,
     /// What the running hook may read; `None` between calls.
     pub(crate) call: Option<Call>,
+    /// The configuration's upstream names, sorted, for `gateway.upstreams`.
+    pub(crate) upstreams: Arc<[String]>,
 }
 
 /// The request (and, for `on-response`, the response head) of the hook call
@@ -288,6 +290,12 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(target: "wicket::plugin", plugin, "{message}"),
             log::Level::Error => tracing::error!(target: "wicket::plugin", plugin, "{message}"),
         }
+    }
+}
+
+impl gateway::Host for HostState {
+    fn upstreams(&mut self) -> Vec<String> {
+        self.upstreams.to_vec()
     }
 }
 

@@ -310,11 +310,17 @@ impl Plugin {
     }
 
     /// Create a pool for one route's configuration of this plugin, and prove
-    /// the configuration by initialising its first instance.
-    pub async fn pool(self: &Arc<Self>, config_json: String) -> Result<Arc<Pool>, PluginError> {
+    /// the configuration by initialising its first instance. `upstreams` are
+    /// the configuration's upstream names, which `init` may check against.
+    pub async fn pool(
+        self: &Arc<Self>,
+        config_json: String,
+        upstreams: Arc<[String]>,
+    ) -> Result<Arc<Pool>, PluginError> {
         let mut pool = Pool {
             plugin: self.clone(),
             config: config_json,
+            upstreams,
             hooks: Hooks::default(),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(self.limits.instances as usize)),
@@ -327,7 +333,7 @@ impl Plugin {
         Ok(Arc::new(pool))
     }
 
-    fn new_store(&self) -> Store<HostState> {
+    fn new_store(&self, upstreams: &Arc<[String]>) -> Store<HostState> {
         let mut wasi = WasiCtxBuilder::new();
         // Deny by default: no preopened directories, environment, arguments or
         // network. Guest output goes to the log.
@@ -354,6 +360,7 @@ impl Plugin {
             },
             ticks_left: 0,
             call: None,
+            upstreams: upstreams.clone(),
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -426,6 +433,8 @@ impl Default for Hooks {
 pub struct Pool {
     plugin: Arc<Plugin>,
     config: String,
+    /// The upstream names its instances' `init` saw.
+    upstreams: Arc<[String]>,
     /// What the first instance's `init` declared. Every instance of a pool
     /// runs the same module with the same config, and `init` must be
     /// deterministic, so one answer holds for all.
@@ -488,6 +497,11 @@ impl Pool {
         &self.config
     }
 
+    /// The upstream names its instances were initialised with.
+    pub fn upstreams(&self) -> &[String] {
+        &self.upstreams
+    }
+
     fn put(&self, instance: Instance) {
         self.idle
             .lock()
@@ -502,7 +516,7 @@ impl Pool {
 
     async fn fresh_instance(&self) -> Result<(Instance, Hooks), PluginError> {
         let plugin = &self.plugin;
-        let mut store = plugin.new_store();
+        let mut store = plugin.new_store(&self.upstreams);
         // The deadline covers instantiation and `init` too: a new store's
         // deadline starts at zero and would trap at once otherwise.
         plugin.arm_deadline(&mut store);

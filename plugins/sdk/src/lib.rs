@@ -59,7 +59,7 @@ pub use bindings::wicket::plugin::types::{
     Header, Hooks, RequestAction, RequestHead, RequestPatch, Response, ResponseAction,
     ResponsePatch, RouteParam, UpstreamError, UpstreamOutcome, UpstreamResult,
 };
-pub use bindings::wicket::plugin::{clock, log, metrics, state};
+pub use bindings::wicket::plugin::{clock, gateway, log, metrics, state};
 
 /// A policy plugin. Every hook has a default that lets traffic through unchanged.
 pub trait Plugin: Sized + 'static {

@@ -74,6 +74,22 @@ pub(crate) struct TrafficSplit {
 }
 
 impl TrafficSplit {
+    /// Check that every upstream a rule names is one of `known` (the
+    /// gateway's upstreams, sorted).
+    pub(crate) fn check_upstreams(&self, known: &[String]) -> Result<(), String> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if let Some(name) = &rule.upstream {
+                if known.binary_search(name).is_err() {
+                    return Err(format!(
+                        "rules[{i}].upstream: no upstream named `{name}` in the configuration (upstreams: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Parse and validate the route's JSON configuration. Errors name the field.
     pub(crate) fn from_json(text: &str) -> Result<TrafficSplit, String> {
         let raw: RawConfig = parse_object(text)?;
@@ -315,6 +331,16 @@ mod tests {
         assert!(
             error(r#"{"rules": [], "weights": 1}"#).starts_with("weights: unknown field `weights`")
         );
+        let split = TrafficSplit::from_json(
+            r#"{"rules": [{"weight": 5, "upstream": "a"}, {"weight": 5, "upstream": "typo"}]}"#,
+        )
+        .unwrap();
+        let known = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            split.check_upstreams(&known).unwrap_err(),
+            "rules[1].upstream: no upstream named `typo` in the configuration (upstreams: a, b)"
+        );
+        assert!(split.check_upstreams(&["a".into(), "typo".into()]).is_ok());
         assert!(error(r#"{"rules": [{"weight": 101, "upstream": "c"}]}"#)
             .starts_with("rules[0].weight: must be a percentage"));
         assert!(error(r#"{"rules": [{"weight": -1, "upstream": "c"}]}"#)

@@ -12,7 +12,7 @@ mod rewrite;
 mod split;
 
 use wicket_plugin_sdk::{
-    clock, export_plugin, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch,
+    clock, export_plugin, gateway, metrics, Hooks, Plugin, Request, RequestAction, RequestPatch,
 };
 
 use config::TrafficSplit;
@@ -23,7 +23,10 @@ impl Plugin for TrafficSplit {
     }
 
     fn init(config: &str) -> Result<Self, String> {
-        TrafficSplit::from_json(config)
+        let split = TrafficSplit::from_json(config)?;
+        // A misspelt upstream is a configuration error, not a 500 later.
+        split.check_upstreams(&gateway::upstreams())?;
+        Ok(split)
     }
 
     fn on_request(&self, request: &Request) -> RequestAction {
