@@ -135,6 +135,10 @@ pub struct Limits {
     /// for a free one.
     #[serde(default = "default_instances")]
     pub instances: u32,
+    /// Longest a request waits for a free instance, in milliseconds; then the
+    /// plugin counts as failed (`busy`: 503 when fail-closed). 0: never wait.
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
     /// Most headers a hook may return in one list.
     #[serde(default = "default_max_headers")]
     pub max_headers: u32,
@@ -155,6 +159,9 @@ fn default_deadline_ms() -> u64 {
 fn default_instances() -> u32 {
     16
 }
+fn default_queue_timeout_ms() -> u64 {
+    1_000
+}
 fn default_max_headers() -> u32 {
     64
 }
@@ -171,6 +178,7 @@ impl Default for Limits {
             memory_mb: default_memory_mb(),
             deadline_ms: default_deadline_ms(),
             instances: default_instances(),
+            queue_timeout_ms: default_queue_timeout_ms(),
             max_headers: default_max_headers(),
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body_bytes(),

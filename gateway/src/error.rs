@@ -65,6 +65,11 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // Overload, not a fault: the client may retry.
+            ProxyError::Plugin {
+                source: crate::plugin::PluginError::Busy(..),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Plugin { .. } | ProxyError::UnknownUpstream { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -82,6 +87,10 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Plugin {
+                source: crate::plugin::PluginError::Busy(..),
+                ..
+            } => "plugin_busy",
             ProxyError::Plugin { .. } => "plugin_failed",
             ProxyError::UnknownUpstream { .. } => "unknown_upstream",
             ProxyError::Upstream { kind, .. } => kind.code(),
@@ -96,6 +105,10 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 resp.headers_mut().insert(http::header::ALLOW, v);
             }
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -167,3 +167,60 @@ async fn per_request_isolation_gives_a_fresh_instance_each_call() {
     let p2 = instance_id(&c.get(&gw.url("/closed"), &[]).await);
     assert_eq!(p1, p2, "pooled instances are reused");
 }
+
+/// One instance, held by a request that spins until its 1.5 s deadline: the
+/// next request waits at most `queue_timeout_ms`, then the failure policy
+/// decides (503 + Retry-After when fail-closed, skip when fail-open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_busy_pool_only_until_its_queue_timeout() {
+    let b = backend("b").await;
+    let yaml = fill(
+        r#"
+listeners: [{ address: "127.0.0.1:0" }]
+plugins:
+  closed:
+    module: "{plugin:chaos}"
+    limits: { deadline_ms: 1500, instances: 1, queue_timeout_ms: 100 }
+  open:
+    module: "{plugin:chaos}"
+    failure: fail-open
+    limits: { deadline_ms: 1500, instances: 1, queue_timeout_ms: 100 }
+upstreams: { b: { endpoints: [{ address: "{backend:b}" }] } }
+routes:
+  - { name: closed, match: { path: "/closed" }, upstream: b, plugins: [{ name: closed }] }
+  - { name: open, match: { path: "/open" }, upstream: b, plugins: [{ name: open }] }
+"#,
+        &[("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for (path, busy_status) in [("/closed", 503), ("/open", 200)] {
+        let url = gw.url(path);
+        let hog = {
+            let (c, url) = (HttpClient::new(), url.clone());
+            tokio::spawn(async move { c.get(&url, &[("x-chaos", "loop")]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+        let c = HttpClient::new();
+        let r = c.get(&url, &[]).await;
+        assert_eq!(r.status, busy_status, "{path}: {:?}", r.body);
+        if busy_status == 503 {
+            assert_eq!(r.json()["error"], "plugin_busy");
+            assert_eq!(r.header("retry-after"), Some("1"));
+        } else {
+            assert_eq!(r.json()["backend"], "b", "fail-open skipped the plugin");
+        }
+
+        let hogged = hog.await.expect("hog task");
+        assert_eq!(hogged.status, if busy_status == 503 { 500 } else { 200 });
+        // The looping instance was discarded; a fresh one serves.
+        assert_eq!(c.get(&url, &[]).await.status, 200, "{path} recovers");
+    }
+    // Each plugin gave up on exactly one request as busy — for `open` that
+    // is what shows the 200 came from skipping, not from waiting.
+    let text = gw.gateway.shared().runtime().metrics().encode();
+    for plugin in ["closed", "open"] {
+        let line = format!(r#"wicket_plugin_failures_total{{plugin="{plugin}",kind="busy"}} 1"#);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}

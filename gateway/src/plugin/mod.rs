@@ -61,6 +61,9 @@ pub enum PluginError {
     /// The component could not be instantiated.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// Every instance stayed busy for the whole queue timeout.
+    #[error("no free instance within {0} ms (all {1} busy)")]
+    Busy(u64, u32),
 }
 
 impl PluginError {
@@ -73,6 +76,7 @@ impl PluginError {
             PluginError::InvalidOutput(_) => "invalid_output",
             PluginError::Init(_) => "init",
             PluginError::Instantiate(_) => "instantiate",
+            PluginError::Busy(..) => "busy",
         }
     }
 }
@@ -537,12 +541,10 @@ impl Pool {
     }
 
     async fn lease(&self) -> Result<Lease<'_>, PluginError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("pool semaphores are never closed");
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_permit().await?,
+        };
         let idle = if self.plugin.isolation == Isolation::Pooled {
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
         } else {
@@ -558,6 +560,24 @@ impl Pool {
             settled: true,
             _permit: permit,
         })
+    }
+
+    /// Wait a bounded time for an instance to come free: an unbounded queue
+    /// behind a slow plugin would hold requests (and their memory) forever.
+    async fn wait_for_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PluginError> {
+        let limits = &self.plugin.limits;
+        let wait = Duration::from_millis(limits.queue_timeout_ms);
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(permit) => Ok(permit.expect("pool semaphores are never closed")),
+            Err(_) => {
+                let err = PluginError::Busy(limits.queue_timeout_ms, limits.instances);
+                self.plugin
+                    .runtime
+                    .metrics
+                    .plugin_failure(&self.plugin.name, err.kind());
+                Err(err)
+            }
+        }
     }
 
     /// Run `on-request` on the request head `parts`, which the guest reads
