@@ -58,6 +58,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         authority,
         client_addr: conn.client.to_string(),
         route: route.name.clone(),
+        path,
         params,
     });
     // 3. Plugins, on-request, in chain order.
@@ -86,7 +87,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         &route.name,
         pass.upstream.name(),
         &method,
-        &path,
+        &info.path,
         &resp,
         &outcome,
         started,

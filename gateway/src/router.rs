@@ -1,12 +1,130 @@
 //! Route matching: host (exact, then `*.suffix` wildcard, then any), then path
 //! pattern with matchit, then method.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Method;
 
-/// Path parameters captured by a route pattern, in pattern order.
-pub type Params = Vec<(String, String)>;
+/// Path parameters captured by a route pattern, in pattern order. The names
+/// are shared with the route table and the values are byte ranges of the
+/// matched path, so a lookup allocates nothing for up to four parameters;
+/// read them back with the path the lookup was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    names: Arc<[Box<str>]>,
+    spans: Spans,
+}
+
+const INLINE_PARAMS: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spans {
+    Inline([(u32, u32); INLINE_PARAMS], u8),
+    Heap(Vec<(u32, u32)>),
+}
+
+impl Default for Spans {
+    fn default() -> Spans {
+        Spans::Inline([(0, 0); INLINE_PARAMS], 0)
+    }
+}
+
+impl Spans {
+    fn as_slice(&self) -> &[(u32, u32)] {
+        match self {
+            Spans::Inline(spans, len) => &spans[..*len as usize],
+            Spans::Heap(spans) => spans,
+        }
+    }
+}
+
+impl Params {
+    /// How many parameters were captured.
+    pub fn len(&self) -> usize {
+        self.spans.as_slice().len()
+    }
+
+    /// Whether the pattern captured none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(name, value)` pairs; `path` must be the path the lookup matched.
+    pub fn iter<'a>(&'a self, path: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.names
+            .iter()
+            .zip(self.spans.as_slice())
+            .map(move |(name, &(start, end))| {
+                (
+                    &**name,
+                    path.get(start as usize..end as usize).unwrap_or(""),
+                )
+            })
+    }
+
+    /// One parameter's value by name.
+    pub fn get<'a>(&'a self, path: &'a str, name: &str) -> Option<&'a str> {
+        self.iter(path).find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Owned `(name, value)` pairs.
+    pub fn to_vec(&self, path: &str) -> Vec<(String, String)> {
+        self.iter(path)
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn capture(names: &Arc<[Box<str>]>, path: &str, m: &matchit::Params<'_, '_>) -> Params {
+        // matchit's values borrow from `path`, so each is a sub-slice whose
+        // offset locates it.
+        let base = path.as_ptr() as usize;
+        let span = |v: &str| {
+            let start = (v.as_ptr() as usize).wrapping_sub(base);
+            if v.is_empty() || start + v.len() > path.len() {
+                return (0, 0);
+            }
+            (start as u32, (start + v.len()) as u32)
+        };
+        let spans = if m.len() <= INLINE_PARAMS {
+            let mut inline = [(0, 0); INLINE_PARAMS];
+            for (slot, (_, v)) in inline.iter_mut().zip(m.iter()) {
+                *slot = span(v);
+            }
+            Spans::Inline(inline, m.len() as u8)
+        } else {
+            Spans::Heap(m.iter().map(|(_, v)| span(v)).collect())
+        };
+        Params {
+            names: names.clone(),
+            spans,
+        }
+    }
+}
+
+/// The parameter names of a matchit pattern, in order: `{id}` and `{*rest}`
+/// (`{{` and `}}` are escaped braces).
+fn param_names(pattern: &str) -> Arc<[Box<str>]> {
+    let mut names = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                names.push(name.trim_start_matches('*').into());
+            }
+            _ => {}
+        }
+    }
+    names.into()
+}
 
 /// The result of a lookup.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +153,8 @@ struct PathTable {
     router: matchit::Router<usize>,
     /// Per node: the routes sharing that pattern, with their methods.
     nodes: Vec<Vec<(usize, Option<Vec<Method>>)>>,
+    /// Per node: the pattern's parameter names.
+    names: Vec<Arc<[Box<str>]>>,
     by_pattern: HashMap<String, usize>,
 }
 
@@ -64,6 +184,7 @@ impl PathTable {
             .insert(pattern, node)
             .map_err(|e| format!("path {pattern:?}: {e}"))?;
         self.nodes.push(vec![(route, methods)]);
+        self.names.push(param_names(pattern));
         self.by_pattern.insert(pattern.to_string(), node);
         Ok(())
     }
@@ -78,12 +199,9 @@ impl PathTable {
             .find(|(_, methods)| methods.as_ref().is_none_or(|ms| ms.contains(method)))
         {
             Some((route, _)) => {
-                let params = m
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                Lookup::Found(*route, params)
+                let names = &self.names[*m.value];
+                debug_assert_eq!(names.len(), m.params.len(), "pattern names parsed");
+                Lookup::Found(*route, Params::capture(names, path, &m.params))
             }
             None => Lookup::MethodNotAllowed(
                 entries
@@ -151,11 +269,20 @@ impl Router {
     /// specific host table that has no matching path falls through to the
     /// less specific ones.
     pub fn lookup(&self, host: &str, method: &Method, path: &str) -> Lookup {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = strip_port(host);
+        // Hosts are almost always sent lower-case: copy only when not.
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let mut not_allowed = None;
-        let tables = self
-            .exact
-            .get(&host)
+        let exact = if self.exact.is_empty() {
+            None
+        } else {
+            self.exact.get(&*host)
+        };
+        let tables = exact
             .into_iter()
             .chain(
                 self.wildcard
@@ -203,15 +330,37 @@ mod tests {
             key(None, "/static/{*rest}", None),
         ])
         .unwrap();
+        let found = |path: &str| match r.lookup("x", &Method::GET, path) {
+            Lookup::Found(i, params) => (i, params.to_vec(path)),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(found("/users/42"), (0, vec![("id".into(), "42".into())]));
         assert_eq!(
-            r.lookup("x", &Method::GET, "/users/42"),
-            Lookup::Found(0, vec![("id".into(), "42".into())])
-        );
-        assert_eq!(
-            r.lookup("x", &Method::GET, "/static/a/b.css"),
-            Lookup::Found(1, vec![("rest".into(), "a/b.css".into())])
+            found("/static/a/b.css"),
+            (1, vec![("rest".into(), "a/b.css".into())])
         );
         assert_eq!(r.lookup("x", &Method::GET, "/nope"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn many_params_and_escaped_braces() {
+        let r = Router::build(&[
+            key(None, "/{a}/{b}/{c}/{d}/{e}/x", None),
+            key(None, "/lit/{{raw}}/{id}", None),
+        ])
+        .unwrap();
+        let path = "/1/22/333/4444/55555/x";
+        let Lookup::Found(0, params) = r.lookup("h", &Method::GET, path) else {
+            panic!("five params");
+        };
+        assert_eq!(params.len(), 5);
+        assert_eq!(params.get(path, "e"), Some("55555"));
+        assert_eq!(params.get(path, "c"), Some("333"));
+        let path = "/lit/{raw}/7";
+        let Lookup::Found(1, params) = r.lookup("h", &Method::GET, path) else {
+            panic!("escaped braces");
+        };
+        assert_eq!(params.to_vec(path), vec![("id".into(), "7".into())]);
     }
 
     #[test]
@@ -224,15 +373,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.lookup("API.example.com:8080", &Method::GET, "/"),
-            Lookup::Found(0, vec![])
+            Lookup::Found(0, Params::default())
         );
         assert_eq!(
             r.lookup("www.example.com", &Method::GET, "/"),
-            Lookup::Found(1, vec![])
+            Lookup::Found(1, Params::default())
         );
         assert_eq!(
             r.lookup("example.com", &Method::GET, "/"),
-            Lookup::Found(2, vec![])
+            Lookup::Found(2, Params::default())
         );
     }
 
@@ -245,7 +394,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.lookup("h", &Method::POST, "/items"),
-            Lookup::Found(1, vec![])
+            Lookup::Found(1, Params::default())
         );
         assert_eq!(
             r.lookup("h", &Method::DELETE, "/items"),

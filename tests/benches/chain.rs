@@ -122,6 +122,7 @@ fn chains(c: &mut Criterion) {
                 authority: "api.example.com".into(),
                 client_addr: "127.0.0.1:50000".into(),
                 route: route.name.clone(),
+                path: path.clone(),
                 params: params.clone(),
             });
             let outcome = UpstreamOutcome {
@@ -157,6 +158,7 @@ fn chains(c: &mut Criterion) {
         authority: "api.example.com".into(),
         client_addr: "127.0.0.1:50000".into(),
         route: route.name.clone(),
+        path: "/pooled-1".into(),
         params,
     });
     for headers in [0, 20] {

@@ -60,7 +60,8 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
         authority: "test".into(),
         client_addr: "127.0.0.1:1".into(),
         route: Arc::from("r"),
-        params: Vec::new(),
+        path: "/".into(),
+        params: Default::default(),
     });
     let upstream = UpstreamConfig {
         endpoints: vec![EndpointConfig {

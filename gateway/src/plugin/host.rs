@@ -97,10 +97,10 @@ fn all_headers(headers: &HeaderMap) -> Vec<types::Header> {
 
 fn params(info: &RequestInfo) -> Vec<types::RouteParam> {
     info.params
-        .iter()
+        .iter(&info.path)
         .map(|(name, value)| types::RouteParam {
-            name: name.clone(),
-            value: value.clone(),
+            name: name.to_string(),
+            value: value.to_string(),
         })
         .collect()
 }
@@ -212,11 +212,7 @@ impl types::HostRequest for HostState {
         name: String,
     ) -> wasmtime::Result<Option<String>> {
         let info = &self.current()?.info;
-        Ok(info
-            .params
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone()))
+        Ok(info.params.get(&info.path, &name).map(str::to_string))
     }
 
     fn params(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Vec<types::RouteParam>> {

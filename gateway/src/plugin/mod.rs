@@ -32,6 +32,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::clock::Clock;
 use crate::config::{FailurePolicy, Isolation, Limits, PluginConfig};
 use crate::metrics::Metrics;
+use crate::router::Params;
 use crate::state::SharedState;
 use crate::upstream::{Upstream, UpstreamErrorKind};
 use bindings::{Policy, PolicyPre};
@@ -678,8 +679,11 @@ pub struct RequestInfo {
     pub client_addr: String,
     /// Matched route name.
     pub route: Arc<str>,
+    /// The path the route matched, as the client sent it; `params` are
+    /// ranges of it.
+    pub path: String,
     /// Captured path parameters.
-    pub params: Vec<(String, String)>,
+    pub params: Params,
 }
 
 /// Move the request head (and response head) into a [`Call`], leaving an
