@@ -85,6 +85,21 @@ impl Metrics {
         }
     }
 
+    /// Handles for one route's request metrics, so serving a request on it
+    /// allocates no label sets.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let duration = self
+            .duration
+            .get_or_create(&vec![("route".to_string(), route.to_string())])
+            .clone();
+        RouteMetrics {
+            route: route.to_string(),
+            duration,
+            requests: self.requests.clone(),
+            by_status: RwLock::new(Vec::new()),
+        }
+    }
+
     /// Count one served request.
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
         let route = route.to_string();
@@ -213,4 +228,80 @@ fn plugin_labels(plugin: &str, name: &str, mut labels: Labels) -> Option<Labels>
     }
     labels.push(("plugin".to_string(), plugin.to_string()));
     Some(labels)
+}
+
+/// One route's request counter and latency histogram, as handles into the
+/// registry's families (the same series a reload's new snapshot gets).
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    requests: Family<Labels, Counter>,
+    /// Counters by status seen so far: a route serves only a few statuses.
+    by_status: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+impl RouteMetrics {
+    /// Count one request served with `status` in `seconds`.
+    pub fn request(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let known = self
+            .by_status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = match known {
+            Some(c) => c,
+            None => {
+                let labels = vec![
+                    ("route".to_string(), self.route.clone()),
+                    ("status".to_string(), status.to_string()),
+                ];
+                let c = self.requests.get_or_create(&labels).clone();
+                let mut cache = self.by_status.write().unwrap_or_else(|p| p.into_inner());
+                if !cache.iter().any(|(s, _)| *s == status) {
+                    cache.push((status, c.clone()));
+                }
+                c
+            }
+        };
+        counter.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_handles_count_into_the_shared_series() {
+        let metrics = Metrics::new();
+        let first = metrics.route("api");
+        first.request(200, 0.001);
+        first.request(200, 0.001);
+        first.request(503, 0.002);
+        // A reload builds new handles for the same route: same series.
+        let second = metrics.route("api");
+        second.request(200, 0.004);
+        metrics.request("", 404, 0.0001);
+
+        let text = metrics.encode();
+        for line in [
+            r#"wicket_requests_total{route="api",status="200"} 3"#,
+            r#"wicket_requests_total{route="api",status="503"} 1"#,
+            r#"wicket_requests_total{route="",status="404"} 1"#,
+            r#"wicket_request_duration_seconds_count{route="api"} 4"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
 }

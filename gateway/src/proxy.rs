@@ -84,7 +84,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 7. Log and count.
     record(
         &snapshot,
-        &route.name,
+        Some(route),
         pass.upstream.name(),
         &method,
         &info.path,
@@ -295,14 +295,14 @@ fn finish_early(
 ) -> Response<Body> {
     let mut resp = e.to_response();
     stamp_generation(snapshot, &mut resp);
-    record(snapshot, "", "", method, path, &resp, &skipped(), started);
+    record(snapshot, None, "", method, path, &resp, &skipped(), started);
     resp
 }
 
 #[allow(clippy::too_many_arguments)]
 fn record(
     snapshot: &Snapshot,
-    route: &str,
+    route: Option<&crate::snapshot::Route>,
     upstream: &str,
     method: &http::Method,
     path: &str,
@@ -312,9 +312,18 @@ fn record(
 ) {
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    snapshot
-        .metrics()
-        .request(route, status, elapsed.as_secs_f64());
+    let route = match route {
+        Some(r) => {
+            r.metrics.request(status, elapsed.as_secs_f64());
+            &*r.name
+        }
+        None => {
+            snapshot
+                .metrics()
+                .request("", status, elapsed.as_secs_f64());
+            ""
+        }
+    };
     if snapshot.access_log {
         tracing::info!(
             target: "wicket::access",

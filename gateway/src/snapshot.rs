@@ -10,7 +10,7 @@ use http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{Plugin, Pool, Runtime};
 use crate::router::{Lookup, Params, RouteKey, Router};
 use crate::upstream::Upstream;
@@ -24,6 +24,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     /// Plugin pools in `on-request` order.
     pub chain: Vec<Arc<Pool>>,
+    /// Its request counter and latency histogram.
+    pub metrics: RouteMetrics,
 }
 
 /// An immutable, validated configuration.
@@ -225,6 +227,7 @@ impl Snapshot {
                     name: Arc::from(r.name.as_str()),
                     upstream: up.clone(),
                     chain,
+                    metrics: runtime.metrics().route(&r.name),
                 });
             }
         }
