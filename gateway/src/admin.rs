@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, Body};
-use crate::error::json_response;
+use crate::error::{json_error, json_response};
 use crate::gateway::Shared;
 
 pub(crate) async fn serve(
@@ -103,12 +103,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn not_found(message: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, "not_found", message)
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let json = serde_json::json!({ "error": code, "message": message });
-    json_response(status, json.to_string())
+    json_error(StatusCode::NOT_FOUND, "not_found", message)
 }
 
 /// `/plugins/{plugin}/state/{key}`: read, write or delete one key of a
@@ -125,7 +120,7 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
             .map(|c| c.into_owned())
     };
     let (Ok(plugin), Ok(key)) = (decode(plugin), decode(key)) else {
-        return error(
+        return json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "plugin and key must be percent-encoded UTF-8",
@@ -154,7 +149,9 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
         Method::PUT => {
             let ttl_ms = match ttl_param(req.uri().query()) {
                 Ok(ttl) => ttl,
-                Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
+                Err(message) => {
+                    return json_error(StatusCode::BAD_REQUEST, "bad_request", &message)
+                }
             };
             let value = match Limited::new(req.into_body(), crate::state::MAX_VALUE_BYTES + 1)
                 .collect()
@@ -162,7 +159,7 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
             {
                 Ok(body) => body.to_bytes().to_vec(),
                 Err(_) => {
-                    return error(
+                    return json_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
                         &format!(
@@ -182,7 +179,7 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
             .await
             .map(|existed| serde_json::json!({ "deleted": existed })),
         _ => {
-            return error(
+            return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "plugin state takes GET, PUT or DELETE",
@@ -198,12 +195,12 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
             );
             json_response(StatusCode::OK, json.to_string())
         }
-        Err(crate::state::StateError::TooLarge) => error(
+        Err(crate::state::StateError::TooLarge) => json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             "the key or value is larger than the state store allows",
         ),
-        Err(e) => error(
+        Err(e) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "state_unavailable",
             &e.to_string(),

@@ -99,8 +99,7 @@ impl ProxyError {
 
     /// The reply the client gets.
     pub fn to_response(&self) -> http::Response<Body> {
-        let json = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut resp = json_response(self.status(), json.to_string());
+        let mut resp = json_error(self.status(), self.code(), &self.to_string());
         if let ProxyError::MethodNotAllowed { allow, .. } = self {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 resp.headers_mut().insert(http::header::ALLOW, v);
@@ -112,6 +111,12 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The gateway's error reply: `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> http::Response<Body> {
+    let json = serde_json::json!({ "error": code, "message": message });
+    json_response(status, json.to_string())
 }
 
 /// A response with a JSON body.
