@@ -223,7 +223,7 @@ impl<'a> Request<'a> {
         cell: &'s OnceCell<T>,
         get: impl FnOnce(&wit::Request) -> T,
     ) -> &'s T {
-        cell.get_or_init(|| get(self.host.expect("plain requests are filled up front")))
+        cell.get_or_init(|| get(self.host.expect(FILLED)))
     }
 
     /// Upper-case method, e.g. `GET`.
@@ -289,21 +289,19 @@ impl<'a> Request<'a> {
 
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        match (self.headers.get(), self.host) {
-            (None, Some(host)) => host.header(name),
-            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
-                .next()
-                .map(<[u8]>::to_vec),
+        // Plain values always have the full list, so `host` is only asked
+        // when the list was never fetched.
+        match self.headers.get() {
+            Some(all) => first_value(all, name),
+            None => self.host.expect(FILLED).header(name),
         }
     }
 
     /// Every value of a header, in order.
     pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        match (self.headers.get(), self.host) {
-            (None, Some(host)) => host.header_values(name),
-            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
-                .map(<[u8]>::to_vec)
-                .collect(),
+        match self.headers.get() {
+            Some(all) => all_values(all, name),
+            None => self.host.expect(FILLED).header_values(name),
         }
     }
 
@@ -390,22 +388,22 @@ impl<'a> ResponseHead<'a> {
     pub fn status(&self) -> u16 {
         *self
             .status
-            .get_or_init(|| self.host.expect("filled up front").status())
+            .get_or_init(|| self.host.expect(FILLED).status())
     }
 
     /// Every header, in order. Copies them all; prefer [`ResponseHead::header`].
     pub fn headers(&self) -> &[Header] {
         self.headers
-            .get_or_init(|| self.host.expect("filled up front").headers())
+            .get_or_init(|| self.host.expect(FILLED).headers())
     }
 
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        match (self.headers.get(), self.host) {
-            (None, Some(host)) => host.header(name),
-            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
-                .next()
-                .map(<[u8]>::to_vec),
+        // Plain values always have the full list, so `host` is only asked
+        // when the list was never fetched.
+        match self.headers.get() {
+            Some(all) => first_value(all, name),
+            None => self.host.expect(FILLED).header(name),
         }
     }
 
@@ -416,20 +414,29 @@ impl<'a> ResponseHead<'a> {
 
     /// Every value of a header, in order.
     pub fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        match (self.headers.get(), self.host) {
-            (None, Some(host)) => host.header_values(name),
-            (all, _) => find_headers(all.map_or(&[][..], Vec::as_slice), name)
-                .map(<[u8]>::to_vec)
-                .collect(),
+        match self.headers.get() {
+            Some(all) => all_values(all, name),
+            None => self.host.expect(FILLED).header_values(name),
         }
     }
 }
+
+/// Why a wrapper without a host handle never needs one.
+const FILLED: &str = "plain values are filled up front";
 
 fn find_headers<'h>(headers: &'h [Header], name: &'h str) -> impl Iterator<Item = &'h [u8]> {
     headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value.as_slice())
+}
+
+fn first_value(headers: &[Header], name: &str) -> Option<Vec<u8>> {
+    find_headers(headers, name).next().map(<[u8]>::to_vec)
+}
+
+fn all_values(headers: &[Header], name: &str) -> Vec<Vec<u8>> {
+    find_headers(headers, name).map(<[u8]>::to_vec).collect()
 }
 
 #[allow(clippy::derivable_impls)] // generated type: cannot derive here
