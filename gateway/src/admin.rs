@@ -1,61 +1,191 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /status` (the applied
-//! generation and the last reload error), `POST /reload`, and
+//! generation and the last reload error), `POST /reload`,
 //! `GET`/`PUT`/`DELETE /plugins/{plugin}/state/{key}` (a plugin's shared
-//! state, e.g. the manual switch of `degradation`).
+//! state, e.g. the manual switch of `degradation`), and `GET /livez`.
 //!
-//! It shares nothing with client listeners but the snapshot pointer, so a
-//! flood of client traffic cannot starve it of connections. It has no
-//! authentication: bind it to loopback or a management network only.
+//! It runs on the same accept loop as client listeners (its own caps and
+//! timeouts), so a flood of client traffic cannot starve it of connections.
+//! Every endpoint but `/livez` requires the bearer token when one is
+//! configured (required beyond loopback), and every request's `Host` and
+//! `Origin` must name this listener, loopback or an allowed host, so a page
+//! in a browser cannot reach it through DNS rebinding.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::body::{self, Body};
 use crate::error::{json_error, json_response};
 use crate::gateway::Shared;
+use crate::request::Conn;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
+/// Largest value the admin API writes into plugin state: switches and
+/// flags, not bulk data.
+pub const MAX_ADMIN_VALUE_BYTES: usize = 4 * 1024;
+/// Most keys the admin API may create per plugin.
+pub const MAX_ADMIN_KEYS_PER_PLUGIN: usize = 1024;
+
+/// Serves the admin API.
+#[derive(Clone)]
+pub struct AdminHandler {
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let shared = shared.clone();
-                let service = service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = stop.changed() => break,
+    guard: Arc<Guard>,
+}
+
+struct Guard {
+    local: SocketAddr,
+    /// Keys the admin API has written, per plugin, to bound how many it adds.
+    written: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl AdminHandler {
+    /// A handler for the admin listener bound at `local`.
+    pub fn new(shared: Arc<Shared>, local: SocketAddr) -> AdminHandler {
+        AdminHandler {
+            shared,
+            guard: Arc::new(Guard {
+                local,
+                written: Mutex::new(HashMap::new()),
+            }),
         }
     }
 }
 
-const ENDPOINTS: &str =
-    "GET /metrics, GET /status, POST /reload, GET|PUT|DELETE /plugins/{plugin}/state/{key}";
+impl crate::server::Handler for AdminHandler {
+    fn call(
+        self,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
+        let this = self;
+        async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let resp = this.handle(req).await;
+            let status = resp.status().as_u16();
+            if status >= 400 {
+                tracing::warn!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request refused");
+            } else if method != Method::GET {
+                tracing::info!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request");
+            }
+            resp
+        }
+    }
+}
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+impl AdminHandler {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/livez" && req.method() == Method::GET {
+            return json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_string());
+        }
+        let snapshot = self.shared.current();
+        let allowed = snapshot
+            .admin
+            .as_ref()
+            .map(|a| a.allowed_hosts.as_slice())
+            .unwrap_or(&[]);
+        if let Err(why) = self.check_origin(&req, allowed) {
+            return json_error(StatusCode::FORBIDDEN, "host_not_allowed", why);
+        }
+        if let Some(token) = &snapshot.admin_token {
+            if !bearer_matches(&req, token) {
+                let mut resp = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the admin API needs `Authorization: Bearer <token>`",
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return resp;
+            }
+        }
+        drop(snapshot);
+        handle(&self.shared, &self.guard, req).await
+    }
+
+    /// `Host` (or `:authority`) must be present and name this listener; an
+    /// `Origin`, when sent, must too.
+    fn check_origin(
+        &self,
+        req: &Request<Incoming>,
+        allowed: &[String],
+    ) -> Result<(), &'static str> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .ok_or("the request names no host")?;
+        if !self.host_allowed(&host, allowed) {
+            return Err("the Host header does not name this admin listener");
+        }
+        if let Some(origin) = req.headers().get(http::header::ORIGIN) {
+            let origin = origin.to_str().map_err(|_| "malformed Origin")?;
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .ok_or("the Origin is not this admin listener")?;
+            if !self.host_allowed(rest, allowed) {
+                return Err("the Origin is not this admin listener");
+            }
+        }
+        Ok(())
+    }
+
+    fn host_allowed(&self, authority: &str, allowed: &[String]) -> bool {
+        let Ok(a) = crate::request::parse_authority(authority) else {
+            return false;
+        };
+        let host = a.host.trim_start_matches('[').trim_end_matches(']');
+        if host == "localhost" {
+            return true;
+        }
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return ip.is_loopback() || ip == self.guard.local.ip();
+        }
+        allowed.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+/// Compare the presented bearer token with `token` in constant time (the
+/// digests are compared, so neither length nor content leaks through timing).
+fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(presented) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let a = Sha256::digest(presented.trim().as_bytes());
+    let b = Sha256::digest(token.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+const ENDPOINTS: &str =
+    "GET /livez, GET /metrics, GET /status, POST /reload, GET|PUT|DELETE /plugins/{plugin}/state/{key}";
+
+async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Response<Body> {
     if let Some(rest) = req.uri().path().strip_prefix("/plugins/") {
         let rest = rest.to_string();
-        return plugin_state(shared, req, &rest).await;
+        return plugin_state(shared, guard, req, &rest).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -110,7 +240,12 @@ fn not_found(message: &str) -> Response<Body> {
 /// plugin's shared state, exactly as the plugin's own `state` calls would.
 /// `PUT` takes the raw value as the body and an optional `?ttl_ms=N`; `GET`
 /// answers with the raw value and its version in `x-wicket-state-version`.
-async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Response<Body> {
+async fn plugin_state(
+    shared: &Shared,
+    guard: &Guard,
+    req: Request<Incoming>,
+    rest: &str,
+) -> Response<Body> {
     let Some((plugin, key)) = rest.split_once("/state/") else {
         return not_found(&format!("admin endpoints: {ENDPOINTS}"));
     };
@@ -153,31 +288,51 @@ async fn plugin_state(shared: &Shared, req: Request<Incoming>, rest: &str) -> Re
                     return json_error(StatusCode::BAD_REQUEST, "bad_request", &message)
                 }
             };
-            let value = match Limited::new(req.into_body(), crate::state::MAX_VALUE_BYTES + 1)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes().to_vec(),
-                Err(_) => {
-                    return json_error(
+            let value =
+                match Limited::new(req.into_body(), MAX_ADMIN_VALUE_BYTES)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes().to_vec(),
+                    Err(_) => return json_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
                         &format!(
-                            "a state value is at most {} bytes",
-                            crate::state::MAX_VALUE_BYTES
+                            "a state value written here is at most {MAX_ADMIN_VALUE_BYTES} bytes"
                         ),
-                    )
+                    ),
+                };
+            {
+                let mut written = guard.written.lock().unwrap_or_else(|p| p.into_inner());
+                let keys = written.entry(plugin.clone()).or_default();
+                if !keys.contains(&key) && keys.len() >= MAX_ADMIN_KEYS_PER_PLUGIN {
+                    return json_error(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "too_many_keys",
+                        &format!("the admin API writes at most {MAX_ADMIN_KEYS_PER_PLUGIN} keys per plugin; delete some first"),
+                    );
                 }
-            };
+                keys.insert(key.clone());
+            }
             state
                 .set(&ns, &key, value, ttl_ms)
                 .await
                 .map(|version| serde_json::json!({ "version": version }))
         }
-        Method::DELETE => state
-            .delete(&ns, &key)
-            .await
-            .map(|existed| serde_json::json!({ "deleted": existed })),
+        Method::DELETE => {
+            if let Some(keys) = guard
+                .written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&plugin)
+            {
+                keys.remove(&key);
+            }
+            state
+                .delete(&ns, &key)
+                .await
+                .map(|existed| serde_json::json!({ "deleted": existed }))
+        }
         _ => {
             return json_error(
                 StatusCode::METHOD_NOT_ALLOWED,

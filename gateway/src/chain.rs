@@ -61,7 +61,7 @@ pub async fn on_request(
         match pool.on_request(parts, info, &pass.upstream).await {
             Ok(RequestDecision::Continue(patch)) => {
                 if let Err(e) = apply_request_patch(snapshot, pool, patch, parts, &mut pass) {
-                    pass.short_circuit = Some(e.to_response());
+                    pass.short_circuit = Some(e.to_response(&info.request_id));
                     return pass;
                 }
                 pass.continued.push(i);
@@ -72,15 +72,15 @@ pub async fn on_request(
             }
             Err(err) => match pool.plugin().failure_policy() {
                 FailurePolicy::FailOpen => {
-                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed; skipped (fail-open)");
+                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, request_id = %info.request_id, error = %err, "plugin failed; skipped (fail-open)");
                 }
                 FailurePolicy::FailClosed => {
-                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed; request refused (fail-closed)");
+                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, request_id = %info.request_id, error = %err, "plugin failed; request refused (fail-closed)");
                     let e = ProxyError::Plugin {
                         plugin: pool.plugin().name().to_string(),
                         source: err,
                     };
-                    pass.short_circuit = Some(e.to_response());
+                    pass.short_circuit = Some(e.to_response(&info.request_id));
                     return pass;
                 }
             },
@@ -172,15 +172,15 @@ pub async fn on_response(
             Ok(ResponseDecision::Replace(r)) => resp = plugin_response(r),
             Err(err) => match pool.plugin().failure_policy() {
                 FailurePolicy::FailOpen => {
-                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed in on-response; skipped (fail-open)");
+                    tracing::warn!(plugin = pool.plugin().name(), route = &*route.name, request_id = %info.request_id, error = %err, "plugin failed in on-response; skipped (fail-open)");
                 }
                 FailurePolicy::FailClosed => {
-                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, error = %err, "plugin failed in on-response; response replaced (fail-closed)");
+                    tracing::error!(plugin = pool.plugin().name(), route = &*route.name, request_id = %info.request_id, error = %err, "plugin failed in on-response; response replaced (fail-closed)");
                     resp = ProxyError::Plugin {
                         plugin: pool.plugin().name().to_string(),
                         source: err,
                     }
-                    .to_response();
+                    .to_response(&info.request_id);
                 }
             },
         }

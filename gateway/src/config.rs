@@ -32,6 +32,10 @@ pub struct Config {
     /// How long the watched files must stay quiet before a reload, in ms.
     #[serde(default = "default_debounce_ms")]
     pub watch_debounce_ms: u64,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before the remaining connections are cut, in ms.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -51,20 +55,184 @@ fn default_debounce_ms() -> u64 {
     200
 }
 
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
 /// A client-facing listener (HTTP/1.1 and HTTP/2 cleartext on one port).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `ip:port`; port 0 picks a free port.
     pub address: SocketAddr,
+    /// Size limits on what clients send.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    /// How long a connection may take at each stage.
+    #[serde(default)]
+    pub timeouts: ListenerTimeouts,
+    /// How request paths are normalised.
+    #[serde(default)]
+    pub paths: PathConfig,
+}
+
+/// Client-facing size limits; the defaults are nginx's and Envoy's edge
+/// defaults, whichever is stricter.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Longest request target (path and query), in bytes: 414 past it.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Longest single header (name and value), in bytes: 431 past it.
+    #[serde(default = "default_max_header_bytes_one")]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request: 431 past it.
+    #[serde(default = "default_max_request_headers")]
+    pub max_headers: usize,
+    /// All header fields together, in bytes (HTTP/2: the header list): 431 past it.
+    #[serde(default = "default_max_headers_bytes")]
+    pub max_headers_bytes: usize,
+    /// Largest request body, in bytes, unless the route sets its own: 413
+    /// past it (before reading when `Content-Length` says so).
+    #[serde(default = "default_max_body_bytes_request")]
+    pub max_body_bytes: u64,
+    /// Most open client connections; past it the oldest idle one is closed
+    /// to make room, or the new one is refused when none is idle.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2: most concurrent streams per connection, which also bounds
+    /// the upstream requests one client connection can have in flight.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_header_bytes_one() -> usize {
+    8 * 1024
+}
+fn default_max_request_headers() -> usize {
+    100
+}
+fn default_max_headers_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_body_bytes_request() -> u64 {
+    1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_uri_bytes: default_max_uri_bytes(),
+            max_header_bytes: default_max_header_bytes_one(),
+            max_headers: default_max_request_headers(),
+            max_headers_bytes: default_max_headers_bytes(),
+            max_body_bytes: default_max_body_bytes_request(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
+/// Connection timeouts, in milliseconds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTimeouts {
+    /// From accept to the first byte, and to the end of the HTTP/2 preface.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_ms: u64,
+    /// To read a whole HTTP/1.1 request head. hyper starts this clock as soon
+    /// as it waits for the next request, so it also bounds how long an
+    /// HTTP/1.1 keep-alive connection may sit idle.
+    #[serde(default = "default_header_ms")]
+    pub header_ms: u64,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 with GOAWAY).
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+    /// Longest gap between two pieces of a request body: 408 past it.
+    #[serde(default = "default_body_idle_ms")]
+    pub body_idle_ms: u64,
+}
+
+fn default_handshake_ms() -> u64 {
+    10_000
+}
+fn default_header_ms() -> u64 {
+    10_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_body_idle_ms() -> u64 {
+    30_000
+}
+
+impl Default for ListenerTimeouts {
+    fn default() -> Self {
+        ListenerTimeouts {
+            handshake_ms: default_handshake_ms(),
+            header_ms: default_header_ms(),
+            idle_ms: default_idle_ms(),
+            body_idle_ms: default_body_idle_ms(),
+        }
+    }
+}
+
+/// Path normalisation settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PathConfig {
+    /// Collapse repeated slashes, as nginx does by default.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        PathConfig {
+            merge_slashes: true,
+        }
+    }
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// `ip:port`; keep it on loopback or a private network.
+    /// `ip:port`. Beyond loopback a token is required.
     pub address: SocketAddr,
+    /// A file holding the bearer token every endpoint but `/livez` requires
+    /// (relative to the config file's directory; surrounding whitespace is
+    /// ignored).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// An environment variable holding the token, instead of a file.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Host names, besides the listener's own address and loopback names,
+    /// that the `Host` and `Origin` headers may carry (DNS-rebinding guard).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Timeouts and connection cap, as for client listeners.
+    #[serde(default)]
+    pub timeouts: ListenerTimeouts,
+    /// Most open admin connections.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+}
+
+fn default_admin_connections() -> usize {
+    64
 }
 
 /// Engine-wide plugin runtime settings. Changing these needs a restart.
@@ -280,6 +448,10 @@ pub struct RouteConfig {
     /// The plugin chain, in `on-request` order.
     #[serde(default)]
     pub plugins: Vec<ChainEntryConfig>,
+    /// Largest request body for this route, in bytes; the listener's
+    /// `limits.max_body_bytes` when absent.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A route's request matcher.
@@ -356,6 +528,122 @@ impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         ConfigErrors(vec![e])
     }
+}
+
+/// Check the listener, admin and drain settings: every problem, located.
+pub fn validate_serving(cfg: &Config, base: &std::path::Path) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut positive = |at: String, v: u64| {
+        if v == 0 {
+            errors.push(ConfigError::at(at, "must be at least 1"));
+        }
+    };
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let at = |f: &str| format!("listeners[{i}].{f}");
+        positive(at("limits.max_uri_bytes"), l.limits.max_uri_bytes as u64);
+        positive(
+            at("limits.max_header_bytes"),
+            l.limits.max_header_bytes as u64,
+        );
+        positive(at("limits.max_headers"), l.limits.max_headers as u64);
+        positive(
+            at("limits.max_headers_bytes"),
+            l.limits.max_headers_bytes as u64,
+        );
+        positive(
+            at("limits.max_connections"),
+            l.limits.max_connections as u64,
+        );
+        positive(
+            at("limits.max_concurrent_streams"),
+            l.limits.max_concurrent_streams as u64,
+        );
+        for (f, v) in [
+            ("timeouts.handshake_ms", l.timeouts.handshake_ms),
+            ("timeouts.header_ms", l.timeouts.header_ms),
+            ("timeouts.idle_ms", l.timeouts.idle_ms),
+            ("timeouts.body_idle_ms", l.timeouts.body_idle_ms),
+        ] {
+            positive(at(f), v);
+        }
+    }
+    positive("drain_timeout_ms".into(), cfg.drain_timeout_ms);
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if r.max_body_bytes == Some(0) {
+            // 0 would refuse every body, even an empty chunked one; say so
+            // rather than guess.
+            errors.push(ConfigError::at(
+                format!("routes[{i}].max_body_bytes"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if let Some(admin) = &cfg.admin {
+        for (f, v) in [
+            ("admin.timeouts.handshake_ms", admin.timeouts.handshake_ms),
+            ("admin.timeouts.header_ms", admin.timeouts.header_ms),
+            ("admin.timeouts.idle_ms", admin.timeouts.idle_ms),
+            ("admin.max_connections", admin.max_connections as u64),
+        ] {
+            if v == 0 {
+                errors.push(ConfigError::at(f, "must be at least 1"));
+            }
+        }
+        match admin_token(admin, base) {
+            Ok(None) if !admin.address.ip().is_loopback() => errors.push(ConfigError::at(
+                "admin.address",
+                format!(
+                    "{} is beyond loopback: set admin.token_file or admin.token_env",
+                    admin.address
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
+/// The admin bearer token, from `token_file` or `token_env`.
+pub fn admin_token(admin: &Admin, base: &std::path::Path) -> Result<Option<String>, ConfigError> {
+    let token = match (&admin.token_file, &admin.token_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::at(
+                "admin.token_env",
+                "set token_file or token_env, not both",
+            ))
+        }
+        (Some(file), None) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::at(
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            ("admin.token_file", text.trim().to_string())
+        }
+        (None, Some(var)) => {
+            let value = std::env::var(var).map_err(|_| {
+                ConfigError::at(
+                    "admin.token_env",
+                    format!("the environment variable {var} is not set"),
+                )
+            })?;
+            ("admin.token_env", value.trim().to_string())
+        }
+        (None, None) => return Ok(None),
+    };
+    let (at, token) = token;
+    // Short tokens can be guessed; the printable-ASCII rule keeps the token
+    // usable in a header.
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::at(
+            at,
+            "the token must be at least 16 printable ASCII characters",
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// Parse YAML text into a [`Config`], naming the location of any error.

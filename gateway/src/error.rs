@@ -28,9 +28,9 @@ pub enum ProxyError {
         /// Methods the matching routes accept, for the `Allow` header.
         allow: String,
     },
-    /// The client's request is unusable (bad URI, missing host...).
-    #[error("bad request: {0}")]
-    BadRequest(String),
+    /// The client's request is refused before or while it is read.
+    #[error(transparent)]
+    Refused(#[from] crate::request::Refusal),
     /// A fail-closed plugin failed.
     #[error("plugin `{plugin}` failed: {source}")]
     Plugin {
@@ -64,7 +64,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(r) => r.status(),
             // Overload, not a fault: the client may retry.
             ProxyError::Plugin {
                 source: crate::plugin::PluginError::Busy(..),
@@ -86,7 +86,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Refused(r) => r.code(),
             ProxyError::Plugin {
                 source: crate::plugin::PluginError::Busy(..),
                 ..
@@ -97,9 +97,32 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told: the error's kind and where it happened in
+    /// the gateway's terms, never a guest's message, a trap's backtrace or a
+    /// module path — those go to the log, under the same request id.
+    pub fn client_message(&self) -> String {
+        match self {
+            ProxyError::Plugin { plugin, source } => {
+                format!("plugin `{plugin}` failed ({})", source.kind())
+            }
+            ProxyError::UnknownUpstream { plugin, .. } => {
+                format!("plugin `{plugin}` chose an unknown upstream")
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The reply the client gets.
-    pub fn to_response(&self) -> http::Response<Body> {
-        let mut resp = json_error(self.status(), self.code(), &self.to_string());
+    pub fn to_response(&self, request_id: &crate::request::RequestId) -> http::Response<Body> {
+        let json = serde_json::json!({
+            "error": self.code(),
+            "message": self.client_message(),
+            "request_id": request_id.as_str(),
+        });
+        let mut resp = json_response(self.status(), json.to_string());
+        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
         if let ProxyError::MethodNotAllowed { allow, .. } = self {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 resp.headers_mut().insert(http::header::ALLOW, v);
@@ -108,6 +131,11 @@ impl ProxyError {
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ProxyError::Refused(_)) {
+            // The connection may hold the rest of a refused message.
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -1,7 +1,6 @@
 //! A running gateway: the current snapshot behind an atomic pointer, the
 //! listeners serving it, the admin listener, and graceful shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,10 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -21,12 +16,10 @@ use crate::clock::Clock;
 use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::plugin::{Runtime, RuntimeOptions};
-use crate::proxy::{self, Conn};
+use crate::proxy;
+use crate::server;
 use crate::snapshot::Snapshot;
 use crate::state::SharedState;
-
-/// How long in-flight requests may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options for starting a gateway.
 #[derive(Debug, Clone)]
@@ -142,27 +135,71 @@ impl Shared {
     /// The next snapshot, or `None` when the file and its modules are exactly
     /// what `current` already runs.
     async fn build_next(&self, current: &Snapshot) -> Result<Option<Snapshot>, ConfigErrors> {
-        let text = read_config(&self.config_path)?;
-        // A write cut short almost never ends exactly at a line break; refusing
-        // such a file keeps a truncated config from being applied as a valid
-        // smaller one.
-        if !text.ends_with('\n') {
-            return Err(config::ConfigError::at(
-                "<file>",
-                "does not end with a newline; refusing what may be an incomplete write",
-            )
-            .into());
-        }
-        let cfg = config::parse(&text)?;
+        let (text, cfg) = load(&self.config_path).await?;
         let base = base_dir(&self.config_path);
         if unchanged(current, &text, &cfg, base) {
             return Ok(None);
+        }
+        let mut fixed = Vec::new();
+        let addresses = |ls: &[config::Listener]| ls.iter().map(|l| l.address).collect::<Vec<_>>();
+        if addresses(&cfg.listeners) != addresses(&current.listener_configs) {
+            fixed.push(config::ConfigError::at(
+                "listeners",
+                "listener addresses changed: that needs a restart",
+            ));
+        }
+        if cfg.admin.as_ref().map(|a| a.address) != current.admin.as_ref().map(|a| a.address) {
+            fixed.push(config::ConfigError::at(
+                "admin.address",
+                "the admin address changed: that needs a restart",
+            ));
+        }
+        if !fixed.is_empty() {
+            return Err(ConfigErrors(fixed));
         }
         let generation = self.next_generation.load(Ordering::SeqCst);
         Snapshot::build(cfg, &text, base, &self.runtime, generation, Some(current))
             .await
             .map(Some)
     }
+}
+
+/// The one loader, for start, reload and `validate` alike: read the file,
+/// read it again after the debounce window and insist on the same bytes (an
+/// in-place write that paused is not applied half-done), insist on a final
+/// newline (a cut write almost never ends at one), and parse.
+pub async fn load(path: &Path) -> Result<(String, config::Config), ConfigErrors> {
+    let mut text = read_config(path)?;
+    let mut attempts = 0;
+    loop {
+        let quiet = config::parse(&text)
+            .map(|c| c.watch_debounce_ms)
+            .unwrap_or(200)
+            .min(5_000);
+        tokio::time::sleep(Duration::from_millis(quiet)).await;
+        let again = read_config(path)?;
+        if again == text {
+            break;
+        }
+        attempts += 1;
+        if attempts >= 10 {
+            return Err(config::ConfigError::at(
+                "<file>",
+                "the file kept changing while it was read; refusing it until it is stable",
+            )
+            .into());
+        }
+        text = again;
+    }
+    if !text.ends_with('\n') {
+        return Err(config::ConfigError::at(
+            "<file>",
+            "does not end with a newline; refusing what may be an incomplete write",
+        )
+        .into());
+    }
+    let cfg = config::parse(&text)?;
+    Ok((text, cfg))
 }
 
 fn now_ms() -> u64 {
@@ -206,8 +243,7 @@ fn base_dir(path: &Path) -> &Path {
 /// Validate a config file without serving it: parse, build, compile and
 /// `init` every plugin.
 pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let text = read_config(path)?;
-    let cfg = config::parse(&text)?;
+    let (text, cfg) = load(path).await?;
     let clock = Clock::system();
     let runtime = Runtime::new(
         RuntimeOptions::from_config(&cfg.runtime),
@@ -231,9 +267,8 @@ pub struct Gateway {
 impl Gateway {
     /// Load the configuration, bind every listener and start serving.
     pub async fn start(options: Options) -> anyhow::Result<Gateway> {
-        let text = std::fs::read_to_string(&options.config_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", options.config_path.display()))?;
-        let cfg = config::parse(&text).map_err(ConfigErrors::from)?;
+        crate::server::raise_fd_limit();
+        let (text, cfg) = load(&options.config_path).await?;
         let mut runtime_opts = RuntimeOptions::from_config(&cfg.runtime);
         // An override only redirects the cache; a config that turns the cache
         // off keeps it off.
@@ -271,12 +306,20 @@ impl Gateway {
         let (shutdown, watch_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
-        for l in &cfg.listeners {
+        let drain = shared.current().drain_timeout;
+        for (i, l) in cfg.listeners.iter().enumerate() {
             let listener = TcpListener::bind(l.address)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.address))?;
             addrs.push(listener.local_addr()?);
-            tasks.spawn(serve(listener, shared.clone(), watch_rx.clone()));
+            tasks.spawn(server::serve(
+                listener,
+                i,
+                server::Settings::for_listener(l),
+                ProxyHandler(shared.clone()),
+                watch_rx.clone(),
+                drain,
+            ));
         }
         let admin_addr = match &cfg.admin {
             Some(a) => {
@@ -284,10 +327,13 @@ impl Gateway {
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", a.address))?;
                 let addr = listener.local_addr()?;
-                tasks.spawn(crate::admin::serve(
+                tasks.spawn(server::serve(
                     listener,
-                    shared.clone(),
+                    0,
+                    server::Settings::for_admin(a),
+                    crate::admin::AdminHandler::new(shared.clone(), addr),
                     watch_rx.clone(),
+                    drain,
                 ));
                 Some(addr)
             }
@@ -332,48 +378,17 @@ impl Gateway {
     }
 }
 
-/// Accept connections and serve them with the current snapshot until shutdown.
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = Conn { client: peer, scheme: "http" };
-                let shared = shared.clone();
-                let service = service_fn(move |req| {
-                    let snapshot = shared.current();
-                    async move { Ok::<_, Infallible>(proxy::handle(snapshot, req, conn).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = watched.await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain deadline passed; closing remaining connections"),
+/// Client listeners serve each request with the snapshot current when it
+/// arrives.
+#[derive(Clone)]
+struct ProxyHandler(Arc<Shared>);
+
+impl server::Handler for ProxyHandler {
+    fn call(
+        self,
+        req: http::Request<hyper::body::Incoming>,
+        conn: crate::request::Conn,
+    ) -> impl std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static {
+        proxy::handle(self.0.current(), req, conn)
     }
 }

@@ -1,20 +1,22 @@
 //! The request path, top to bottom.
 //!
 //! ```text
-//!  client ──▶ 1. route ──▶ 2. prepare ──▶ 3. plugins on-request ──┐
-//!                                         (in order; one may respond)
-//!                                                                 ▼
-//!  client ◀── 7. log ◀── 6. finish ◀── 5. plugins on-response ◀── 4. upstream
+//!  client ──▶ 1. admit ──▶ 2. route ──▶ 3. prepare ──▶ 4. plugins on-request ──┐
+//!            (limits, one authority,                   (in order; one may respond)
+//!             one normalised path)                                             ▼
+//!  client ◀── 8. log ◀── 7. finish ◀── 6. plugins on-response ◀── 5. upstream
 //!                                      (reverse order; may replace)   (skipped if a
 //!                                                                      plugin responded)
 //! ```
+//!
+//! What step 1 decides — the authority and the normalised path — is what
+//! routes match, what plugins see and what the upstream receives.
 //!
 //! Each request reads the current [`Snapshot`] once (the caller passes it) and
 //! is served wholly by it. Every failure becomes a [`ProxyError`] with one
 //! status and one JSON body; `on-response` still runs after an upstream
 //! failure so plugins can replace the gateway's error reply.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,44 +28,47 @@ use crate::body::{self, Body};
 use crate::chain;
 use crate::error::ProxyError;
 use crate::plugin::{OutcomeResult, RequestInfo, UpstreamOutcome};
+use crate::request::{self, Authority, Conn, RequestBody, RequestId};
 use crate::router::Lookup;
 use crate::snapshot::Snapshot;
-
-/// What the server knows of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Conn {
-    /// The client's address.
-    pub client: SocketAddr,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-}
 
 /// Serve one request with `snapshot`.
 pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let started = Instant::now();
+    let id = RequestId::next();
     let (mut parts, body) = req.into_parts();
-    let authority = authority(&parts);
-    let method = parts.method.clone();
-    let path = parts.uri.path().to_string();
+    let listener = snapshot.listener(conn.listener);
 
-    // 1. Route: host, path, method → route and path parameters.
+    // 1. Admit: head within limits, one authority, one normalised path.
+    let authority = match request::admit(listener, &mut parts) {
+        Ok(a) => a,
+        Err(e) => return finish_early(&snapshot, e.into(), &parts, &conn, &id, started),
+    };
+    // 2. Route: host, path, method → route and path parameters.
     let (route, params) = match route(&snapshot, &authority, &parts) {
         Ok(found) => found,
-        Err(e) => return finish_early(&snapshot, e, &method, &path, started),
+        Err(e) => return finish_early(&snapshot, e, &parts, &conn, &id, started),
     };
-    // 2. Prepare the upstream request head: hop-by-hop headers out, forwarding headers in.
+    // 3. Prepare: the body bounded, hop-by-hop headers out, forwarding headers in.
+    let max_body = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
+    let body = match RequestBody::new(body, &parts.headers, max_body, listener.body_idle) {
+        Ok(b) => b,
+        Err(e) => return finish_early(&snapshot, e.into(), &parts, &conn, &id, started),
+    };
+    let authority = authority.to_header();
     prepare_request(&mut parts, &conn, &authority);
     let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
         authority,
         client_addr: conn.client.to_string(),
         route: route.name.clone(),
-        path,
+        path: parts.uri.path().to_string(),
         params,
+        request_id: id,
     });
-    // 3. Plugins, on-request, in chain order.
+    // 4. Plugins, on-request, in chain order.
     let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
-    // 4. Upstream, unless a plugin already answered.
+    // 5. Upstream, unless a plugin already answered.
     let (outcome, resp) = match pass.short_circuit.take() {
         Some(resp) => (skipped(), resp),
         None => {
@@ -74,22 +79,23 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            call_upstream(&pass.upstream, &parts, headers, body).await
+            call_upstream(&pass.upstream, &parts, headers, body, &info).await
         }
     };
-    // 5. Plugins, on-response, in reverse order.
+    // 6. Plugins, on-response, in reverse order.
     let mut resp = chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await;
-    // 6. Finish: plugins' response headers, hop-by-hop headers out.
+    // 7. Finish: plugins' response headers, hop-by-hop headers out.
     finish_response(&snapshot, &mut resp, pass.response_headers);
-    // 7. Log and count.
+    // 8. Log and count.
     record(
         &snapshot,
         Some(route),
         pass.upstream.name(),
-        &method,
+        &parts,
         &info.path,
         &resp,
         &outcome,
+        &info.request_id,
         started,
     );
     resp
@@ -97,11 +103,11 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
 
 fn route<'s>(
     snapshot: &'s Snapshot,
-    authority: &str,
+    authority: &Authority,
     parts: &http::request::Parts,
 ) -> Result<(&'s crate::snapshot::Route, crate::router::Params), ProxyError> {
     snapshot
-        .lookup(authority, &parts.method, parts.uri.path())
+        .lookup(&authority.host, &parts.method, parts.uri.path())
         .map_err(|lookup| match lookup {
             Lookup::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed {
                 method: parts.method.to_string(),
@@ -116,22 +122,6 @@ fn route<'s>(
                 path: parts.uri.path().to_string(),
             },
         })
-}
-
-/// HTTP/1.1 carries the host in `Host`; HTTP/2 in `:authority`.
-fn authority(parts: &http::request::Parts) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -169,10 +159,9 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
     if let Some(pq) = parts.uri.path_and_query().cloned() {
         parts.uri = http::Uri::from(pq);
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            parts.headers.insert(header::HOST, v);
-        }
+    // The authority routed is the authority forwarded.
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        parts.headers.insert(header::HOST, v);
     }
     // Append to X-Forwarded-For (as nginx's $proxy_add_x_forwarded_for does);
     // set Proto and Host to what this hop saw.
@@ -197,18 +186,15 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
 }
 
 fn skipped() -> UpstreamOutcome {
-    UpstreamOutcome {
-        result: OutcomeResult::Skipped,
-        latency_us: 0,
-        endpoint: None,
-    }
+    outcome(OutcomeResult::Skipped, 0, None)
 }
 
 async fn call_upstream(
     upstream: &crate::upstream::Upstream,
     parts: &http::request::Parts,
     headers: HeaderMap,
-    body: Incoming,
+    body: RequestBody,
+    info: &RequestInfo,
 ) -> (UpstreamOutcome, Response<Body>) {
     let Some(endpoint) = upstream.pick() else {
         let kind = crate::upstream::UpstreamErrorKind::NoEndpoint;
@@ -217,14 +203,11 @@ async fn call_upstream(
             kind,
         };
         return (
-            UpstreamOutcome {
-                result: OutcomeResult::Error(kind),
-                latency_us: 0,
-                endpoint: None,
-            },
-            e.to_response(),
+            outcome(OutcomeResult::Error(kind), 0, None),
+            e.to_response(&info.request_id),
         );
     };
+    let verdict = body.verdict();
     let mut req = Request::new(body::boxed(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -240,29 +223,39 @@ async fn call_upstream(
             let mut resp = resp.map(body::boxed);
             strip_hop_by_hop(resp.headers_mut());
             (
-                UpstreamOutcome {
-                    result: OutcomeResult::Status(status),
-                    latency_us,
-                    endpoint,
-                },
+                outcome(OutcomeResult::Status(status), latency_us, endpoint),
                 resp,
             )
         }
         Err(kind) => {
-            tracing::warn!(upstream = upstream.name(), endpoint = ?endpoint, error = %kind, "upstream call failed");
-            let e = ProxyError::Upstream {
-                upstream: upstream.name().to_string(),
-                kind,
+            // A body the client overran or let stall is the client's fault,
+            // whatever the upstream made of the cut.
+            let e = match verdict.and_then(|v| v.get().copied()) {
+                Some(refusal) => {
+                    tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
+                    ProxyError::Refused(refusal)
+                }
+                None => {
+                    tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), endpoint = ?endpoint, error = %kind, "upstream call failed");
+                    ProxyError::Upstream {
+                        upstream: upstream.name().to_string(),
+                        kind,
+                    }
+                }
             };
             (
-                UpstreamOutcome {
-                    result: OutcomeResult::Error(kind),
-                    latency_us,
-                    endpoint,
-                },
-                e.to_response(),
+                outcome(OutcomeResult::Error(kind), latency_us, endpoint),
+                e.to_response(&info.request_id),
             )
         }
+    }
+}
+
+fn outcome(result: OutcomeResult, latency_us: u64, endpoint: Option<String>) -> UpstreamOutcome {
+    UpstreamOutcome {
+        result,
+        latency_us,
+        endpoint,
     }
 }
 
@@ -289,13 +282,27 @@ fn stamp_generation(snapshot: &Snapshot, resp: &mut Response<Body>) {
 fn finish_early(
     snapshot: &Snapshot,
     e: ProxyError,
-    method: &http::Method,
-    path: &str,
+    parts: &http::request::Parts,
+    conn: &Conn,
+    id: &RequestId,
     started: Instant,
 ) -> Response<Body> {
-    let mut resp = e.to_response();
+    if let ProxyError::Refused(reason) = &e {
+        tracing::info!(request_id = %id, client = %conn.client, code = e.code(), reason = %reason, "request refused");
+    }
+    let mut resp = e.to_response(id);
     stamp_generation(snapshot, &mut resp);
-    record(snapshot, None, "", method, path, &resp, &skipped(), started);
+    record(
+        snapshot,
+        None,
+        "",
+        parts,
+        parts.uri.path(),
+        &resp,
+        &skipped(),
+        id,
+        started,
+    );
     resp
 }
 
@@ -304,10 +311,11 @@ fn record(
     snapshot: &Snapshot,
     route: Option<&crate::snapshot::Route>,
     upstream: &str,
-    method: &http::Method,
+    parts: &http::request::Parts,
     path: &str,
     resp: &Response<Body>,
     outcome: &UpstreamOutcome,
+    id: &RequestId,
     started: Instant,
 ) {
     let elapsed = started.elapsed();
@@ -327,7 +335,8 @@ fn record(
     if snapshot.access_log {
         tracing::info!(
             target: "wicket::access",
-            %method,
+            request_id = %id,
+            method = %parts.method,
             path,
             status,
             route,

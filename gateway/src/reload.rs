@@ -53,6 +53,10 @@ impl Watcher {
         let filter = relevant.clone();
         let inner =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                // Only changes of content or of names count: the gateway's
+                // own reads (open, access, close-after-read) and metadata
+                // changes must never trigger a reload.
+                Ok(event) if !changes_content(&event.kind) => {}
                 Ok(event) => {
                     let relevant = filter.read().unwrap_or_else(|p| p.into_inner());
                     if event.paths.iter().any(|p| relevant.matches(p)) {
@@ -132,6 +136,20 @@ impl Watcher {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Whether an event can mean different bytes at a watched path.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        // A writer closing the file: its last write is complete.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
 }
 

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{Plugin, Pool, Runtime};
+use crate::request::Rules;
 use crate::router::{Lookup, Params, RouteKey, Router};
 use crate::upstream::Upstream;
 
@@ -26,6 +27,8 @@ pub struct Route {
     pub chain: Vec<Arc<Pool>>,
     /// Its request counter and latency histogram.
     pub metrics: RouteMetrics,
+    /// Its own request body limit, if it has one.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// An immutable, validated configuration.
@@ -43,6 +46,16 @@ pub struct Snapshot {
     pub watch_debounce_ms: u64,
     /// Every plugin module file, for the watcher.
     pub module_paths: Vec<PathBuf>,
+    /// How long a drain may take.
+    pub drain_timeout: std::time::Duration,
+    /// The listeners as configured (addresses are fixed at start).
+    pub listener_configs: Vec<crate::config::Listener>,
+    /// The admin listener as configured.
+    pub admin: Option<crate::config::Admin>,
+    /// The admin bearer token, read when this generation was built (so a
+    /// reload rotates it).
+    pub admin_token: Option<Arc<str>>,
+    listeners: Vec<Rules>,
     routes: Vec<Route>,
     router: Router,
     upstreams: HashMap<String, Arc<Upstream>>,
@@ -228,14 +241,29 @@ impl Snapshot {
                     upstream: up.clone(),
                     chain,
                     metrics: runtime.metrics().route(&r.name),
+                    max_body_bytes: r.max_body_bytes,
                 });
             }
         }
+
+        errors.extend(crate::config::validate_serving(&config, base));
+        let admin_token = match &config.admin {
+            Some(a) => crate::config::admin_token(a, base)
+                .ok()
+                .flatten()
+                .map(Arc::<str>::from),
+            None => None,
+        };
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Snapshot {
+            drain_timeout: std::time::Duration::from_millis(config.drain_timeout_ms),
+            listeners: config.listeners.iter().map(Rules::from_config).collect(),
+            listener_configs: config.listeners.clone(),
+            admin: config.admin.clone(),
+            admin_token,
             generation,
             digest: hex(&Sha256::digest(text.as_bytes())),
             access_log: config.access_log,
@@ -266,6 +294,16 @@ impl Snapshot {
             Lookup::Found(i, params) => Ok((&self.routes[i], params)),
             other => Err(other),
         }
+    }
+
+    /// The request rules of listener `index` (the defaults for an index
+    /// this generation does not have, which a reload never produces: the
+    /// listeners are fixed at start).
+    pub fn listener(&self, index: usize) -> &Rules {
+        static DEFAULT: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+        self.listeners
+            .get(index)
+            .unwrap_or_else(|| DEFAULT.get_or_init(Rules::default))
     }
 
     /// Whether the configuration declares a plugin of this name.

@@ -124,6 +124,7 @@ fn chains(c: &mut Criterion) {
                 route: route.name.clone(),
                 path: path.clone(),
                 params: params.clone(),
+                request_id: wicket::request::RequestId::next(),
             });
             let outcome = UpstreamOutcome {
                 result: OutcomeResult::Status(200),
@@ -160,6 +161,7 @@ fn chains(c: &mut Criterion) {
         route: route.name.clone(),
         path: "/pooled-1".into(),
         params,
+        request_id: wicket::request::RequestId::next(),
     });
     for headers in [0, 20] {
         // The head is lent to the call and returned by it, so one copy serves

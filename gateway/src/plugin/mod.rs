@@ -391,6 +391,23 @@ impl Plugin {
         store.set_epoch_deadline(1);
     }
 
+    /// Bound a hook call by the deadline in wall-clock time. The epoch
+    /// deadline only counts time spent running guest code; this one also
+    /// counts the host calls the guest awaits (state, I/O). When it passes,
+    /// the call's future is dropped — the guest is stopped where it was — and
+    /// the store is left for the caller to take the request head back from
+    /// and then discard.
+    async fn wall_clock<T>(
+        &self,
+        call: impl std::future::Future<Output = wasmtime::Result<T>>,
+    ) -> wasmtime::Result<T> {
+        let deadline = Duration::from_millis(self.limits.deadline_ms);
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+        }
+    }
+
     fn classify(&self, err: wasmtime::Error) -> PluginError {
         if err.is::<DeadlineExceeded>() {
             return PluginError::Deadline(self.limits.deadline_ms);
@@ -534,7 +551,10 @@ impl Pool {
                 other => other,
             })?;
         plugin.arm_deadline(&mut store);
-        match policy.call_init(&mut store, &self.config).await {
+        match plugin
+            .wall_clock(policy.call_init(&mut store, &self.config))
+            .await
+        {
             Ok(Ok(hooks)) => Ok((Instance { store, policy }, bindings::hooks(hooks))),
             Ok(Err(message)) => Err(PluginError::Init(message)),
             Err(e) => Err(plugin.classify(e)),
@@ -597,9 +617,11 @@ impl Pool {
             plugin.arm_deadline(&mut inst.store);
             let call = lend(parts, info, upstream, None);
             inst.store.data_mut().call = Some(call);
-            let result = inst
-                .policy
-                .call_on_request(&mut inst.store, Resource::new_borrow(0))
+            let result = plugin
+                .wall_clock(
+                    inst.policy
+                        .call_on_request(&mut inst.store, Resource::new_borrow(0)),
+                )
                 .await;
             restore(&mut inst.store, parts, None);
             result
@@ -627,14 +649,13 @@ impl Pool {
             let response = (resp.status, std::mem::take(&mut resp.headers));
             let call = lend(parts, info, upstream, Some(response));
             inst.store.data_mut().call = Some(call);
-            let result = inst
-                .policy
-                .call_on_response(
+            let result = plugin
+                .wall_clock(inst.policy.call_on_response(
                     &mut inst.store,
                     Resource::new_borrow(0),
                     &outcome,
                     Resource::new_borrow(0),
-                )
+                ))
                 .await;
             restore(&mut inst.store, parts, Some(&mut resp.headers));
             result
@@ -684,6 +705,8 @@ pub struct RequestInfo {
     pub path: String,
     /// Captured path parameters.
     pub params: Params,
+    /// The request's id, for log lines and error replies.
+    pub request_id: crate::request::RequestId,
 }
 
 /// Move the request head (and response head) into a [`Call`], leaving an

@@ -1,0 +1,587 @@
+//! The one accept loop, for client listeners and the admin listener alike:
+//! connection caps, shedding of idle connections, the handshake, header, idle
+//! and drain timeouts, and HTTP/1.1 or HTTP/2 chosen from the first bytes.
+//!
+//! A connection's life: accepted → handshake (first byte, and the whole
+//! HTTP/2 preface, within `handshake`) → served by hyper (HTTP/1.1 heads
+//! within `header`) → closed when idle for `idle` (HTTP/2 with GOAWAY), when
+//! shed to make room, or at drain. A connection with no request in flight is
+//! *idle* from its accept on, so silent sockets are the first to be shed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::request::Conn;
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `proxy` or `admin`, for logs.
+    pub role: &'static str,
+    /// Accept to the first byte and to the end of the HTTP/2 preface.
+    pub handshake: Duration,
+    /// HTTP/1.1: to read a whole request head (and so, in hyper, the longest
+    /// keep-alive wait between requests).
+    pub header: Duration,
+    /// No request in flight for this long closes the connection.
+    pub idle: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/1.1: most header fields hyper parses (a backstop; the request
+    /// path checks the configured limit with a JSON reply).
+    pub max_headers: usize,
+    /// HTTP/1.1: most bytes of request line and headers hyper buffers;
+    /// HTTP/2: the header list size advertised to clients.
+    pub max_head_bytes: usize,
+}
+
+impl Settings {
+    /// Settings for a client listener.
+    pub fn for_listener(l: &crate::config::Listener) -> Settings {
+        Settings {
+            role: "proxy",
+            handshake: Duration::from_millis(l.timeouts.handshake_ms),
+            header: Duration::from_millis(l.timeouts.header_ms),
+            idle: Duration::from_millis(l.timeouts.idle_ms),
+            max_connections: l.limits.max_connections,
+            max_concurrent_streams: l.limits.max_concurrent_streams,
+            // One more than the limit, so the request path sees the excess
+            // header and answers it with the JSON 431.
+            max_headers: l.limits.max_headers + 1,
+            // The request line plus the headers; beyond it hyper answers 431
+            // itself (no body), before any of it is buffered.
+            max_head_bytes: l.limits.max_headers_bytes + l.limits.max_uri_bytes + 64,
+        }
+    }
+
+    /// Settings for the admin listener.
+    pub fn for_admin(a: &crate::config::Admin) -> Settings {
+        Settings {
+            role: "admin",
+            handshake: Duration::from_millis(a.timeouts.handshake_ms),
+            header: Duration::from_millis(a.timeouts.header_ms),
+            idle: Duration::from_millis(a.timeouts.idle_ms),
+            max_connections: a.max_connections,
+            max_concurrent_streams: 16,
+            max_headers: 64,
+            max_head_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The request handler a listener serves with.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Serve one request (on a clone of the listener's handler).
+    fn call(
+        self,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
+}
+
+const RUN: u8 = 0;
+const GRACEFUL: u8 = 1;
+const ABORT: u8 = 2;
+
+/// One open connection, as the accept loop sees it.
+struct Tracker {
+    in_flight: AtomicU32,
+    /// ms since the registry's epoch when the last request ended (or the
+    /// connection was accepted).
+    last_active_ms: AtomicU64,
+    mode: AtomicU8,
+    wake: Notify,
+}
+
+impl Tracker {
+    fn close(&self, mode: u8) {
+        self.mode.fetch_max(mode, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+/// The open connections of one listener.
+struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Tracker>>>,
+    /// Signalled each time a connection ends (drain waits on it).
+    ended: Notify,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn add(&self) -> (u64, Arc<Tracker>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = Arc::new(Tracker {
+            in_flight: AtomicU32::new(0),
+            last_active_ms: AtomicU64::new(self.now_ms()),
+            mode: AtomicU8::new(RUN),
+            wake: Notify::new(),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, t.clone());
+        (id, t)
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.ended.notify_waiters();
+    }
+
+    /// Close the connection that has been idle longest; false when none is
+    /// idle (or all are already closing).
+    fn shed_oldest_idle(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = conns
+            .values()
+            .filter(|t| t.in_flight.load(Ordering::Relaxed) == 0)
+            .filter(|t| t.mode.load(Ordering::Relaxed) != ABORT)
+            .min_by_key(|t| t.last_active_ms.load(Ordering::Relaxed));
+        match oldest {
+            Some(t) => {
+                t.close(ABORT);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn close_all(&self, mode: u8) {
+        for t in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            t.close(mode);
+        }
+    }
+}
+
+/// Raise the soft open-files limit to the hard limit, so the cap on
+/// connections rather than the kernel decides when to shed.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit.clone()) {
+            Ok(()) => {
+                tracing::debug!(from = ?before, to = ?limit.current, "raised the open-files limit")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+}
+
+fn fd_exhausted(e: &io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23): out of descriptors, per process or system.
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}
+
+/// Accept connections on `listener` and serve them with `handler` until
+/// `stop` fires; then stop accepting, let in-flight requests finish for up
+/// to `drain`, and cut what is left.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    index: usize,
+    settings: Settings,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let registry = Arc::new(Registry {
+        epoch: Instant::now(),
+        next_id: AtomicU64::new(0),
+        conns: Mutex::new(HashMap::new()),
+        ended: Notify::new(),
+    });
+    let settings = Arc::new(settings);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if fd_exhausted(&e) {
+                            // Make room by closing the longest-idle
+                            // connection, then try again.
+                            let shed = registry.shed_oldest_idle();
+                            tracing::warn!(role = settings.role, error = %e, shed, "out of file descriptors");
+                        } else {
+                            tracing::warn!(role = settings.role, error = %e, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
+                if registry.len() >= settings.max_connections && !registry.shed_oldest_idle() {
+                    tracing::warn!(role = settings.role, client = %peer, max = settings.max_connections, "connection refused: at the connection cap and none idle");
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let (id, tracker) = registry.add();
+                let conn = Conn { client: peer, scheme: "http", listener: index };
+                let (registry, settings, handler) = (registry.clone(), settings.clone(), handler.clone());
+                tokio::spawn(async move {
+                    connection(stream, conn, &tracker, &registry, &settings, handler).await;
+                    registry.remove(id);
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = registry.len();
+    if open == 0 {
+        return;
+    }
+    tracing::info!(role = settings.role, connections = open, "draining");
+    registry.close_all(GRACEFUL);
+    let deadline = Instant::now() + drain;
+    loop {
+        let ended = registry.ended.notified();
+        if registry.len() == 0 {
+            tracing::info!(role = settings.role, "all connections drained");
+            return;
+        }
+        if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            break;
+        }
+    }
+    let cut = registry.len();
+    tracing::warn!(
+        role = settings.role,
+        connections = cut,
+        drain_ms = drain.as_millis() as u64,
+        "drain deadline passed; cutting the remaining connections"
+    );
+    registry.close_all(ABORT);
+    while registry.len() > 0 {
+        let ended = registry.ended.notified();
+        if registry.len() == 0 {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), ended).await;
+    }
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Read the first bytes: the whole HTTP/2 preface, or anything else (then
+/// HTTP/1.1). `None` when the client closes or sends nothing in time.
+async fn sniff(stream: &mut TcpStream, buf: &mut [u8; 24]) -> io::Result<(Protocol, usize)> {
+    let mut n = 0;
+    loop {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        n += read;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((Protocol::Http1, n));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((Protocol::Http2, n));
+        }
+    }
+}
+
+async fn connection<H: Handler>(
+    mut stream: TcpStream,
+    conn: Conn,
+    tracker: &Arc<Tracker>,
+    registry: &Arc<Registry>,
+    settings: &Settings,
+    handler: H,
+) {
+    let mut buf = [0u8; 24];
+    let sniffed = tokio::select! {
+        r = tokio::time::timeout(settings.handshake, sniff(&mut stream, &mut buf)) => r,
+        _ = tracker.wake.notified() => return,
+    };
+    let (protocol, n) = match sniffed {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, error = %e, "connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, role = settings.role, "handshake timeout");
+            return;
+        }
+    };
+    let io = TokioIo::new(Prefixed {
+        prefix: Bytes::copy_from_slice(&buf[..n]),
+        inner: stream,
+    });
+    let service = {
+        let (tracker, registry) = (tracker.clone(), registry.clone());
+        service_fn(move |req: Request<Incoming>| {
+            tracker.in_flight.fetch_add(1, Ordering::SeqCst);
+            let guard = InFlight {
+                tracker: tracker.clone(),
+                registry: registry.clone(),
+            };
+            let response = handler.clone().call(req, conn);
+            async move {
+                let resp = response.await;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
+                    inner: body,
+                    _guard: guard,
+                }))
+            }
+        })
+    };
+    match protocol {
+        Protocol::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(settings.header)
+                .max_header_size(settings.max_head_bytes);
+            if settings.max_headers != 100 {
+                b.max_headers(settings.max_headers);
+            }
+            let c = b.serve_connection(io, service);
+            watch_connection(c, conn, tracker, registry, settings).await;
+        }
+        Protocol::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(settings.max_concurrent_streams)
+                .max_header_list_size(settings.max_head_bytes as u32)
+                .keep_alive_interval(Some(settings.idle / 2))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let c = b.serve_connection(io, service);
+            watch_connection(c, conn, tracker, registry, settings).await;
+        }
+    }
+}
+
+/// A hyper connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    hyper::server::conn::http1::Connection<I, S>: Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    hyper::server::conn::http2::Connection<I, S, E>: Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// How long a connection asked to finish gracefully (idle, or drain aside)
+/// has before it is cut.
+const GRACE: Duration = Duration::from_secs(5);
+
+async fn watch_connection<C: Graceful>(
+    c: C,
+    conn: Conn,
+    tracker: &Tracker,
+    registry: &Registry,
+    settings: &Settings,
+) {
+    let mut c = std::pin::pin!(c);
+    let mut graceful_since: Option<Instant> = None;
+    loop {
+        let idle_for = Duration::from_millis(
+            registry
+                .now_ms()
+                .saturating_sub(tracker.last_active_ms.load(Ordering::Relaxed)),
+        );
+        let next_check = match graceful_since {
+            Some(t) => t + GRACE,
+            None if tracker.in_flight.load(Ordering::Relaxed) == 0 => {
+                Instant::now() + settings.idle.saturating_sub(idle_for)
+            }
+            None => Instant::now() + settings.idle,
+        };
+        tokio::select! {
+            result = c.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %conn.client, role = settings.role, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tracker.wake.notified() => {
+                match tracker.mode.load(Ordering::SeqCst) {
+                    ABORT => return,
+                    GRACEFUL if graceful_since.is_none() => {
+                        c.as_mut().graceful();
+                        graceful_since = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(next_check) => {
+                if let Some(since) = graceful_since {
+                    if since.elapsed() >= GRACE && tracker.mode.load(Ordering::SeqCst) != GRACEFUL {
+                        tracing::debug!(client = %conn.client, "cut after the grace period");
+                        return;
+                    }
+                    continue;
+                }
+                let idle = tracker.in_flight.load(Ordering::Relaxed) == 0
+                    && registry.now_ms().saturating_sub(tracker.last_active_ms.load(Ordering::Relaxed))
+                        >= settings.idle.as_millis() as u64;
+                if idle {
+                    tracing::debug!(client = %conn.client, role = settings.role, "idle timeout");
+                    c.as_mut().graceful();
+                    graceful_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request in flight until its response body is done or dropped.
+struct InFlight {
+    tracker: Arc<Tracker>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.tracker
+            .last_active_ms
+            .store(self.registry.now_ms(), Ordering::Relaxed);
+        self.tracker.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+pub struct Tracked {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The sniffed first bytes, then the rest of the stream.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
