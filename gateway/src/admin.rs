@@ -288,20 +288,21 @@ async fn plugin_state(
                     return json_error(StatusCode::BAD_REQUEST, "bad_request", &message)
                 }
             };
-            let value =
-                match Limited::new(req.into_body(), MAX_ADMIN_VALUE_BYTES)
-                    .collect()
-                    .await
-                {
-                    Ok(body) => body.to_bytes().to_vec(),
-                    Err(_) => return json_error(
+            let value = match Limited::new(req.into_body(), MAX_ADMIN_VALUE_BYTES)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes().to_vec(),
+                Err(_) => {
+                    return json_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "too_large",
                         &format!(
                             "a state value written here is at most {MAX_ADMIN_VALUE_BYTES} bytes"
                         ),
-                    ),
-                };
+                    )
+                }
+            };
             {
                 let mut written = guard.written.lock().unwrap_or_else(|p| p.into_inner());
                 let keys = written.entry(plugin.clone()).or_default();

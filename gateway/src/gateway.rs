@@ -191,6 +191,9 @@ pub async fn load(path: &Path) -> Result<(String, config::Config), ConfigErrors>
         }
         text = again;
     }
+    // A syntax error says more than the missing newline; a cut file that
+    // happens to parse is refused all the same.
+    let cfg = config::parse(&text)?;
     if !text.ends_with('\n') {
         return Err(config::ConfigError::at(
             "<file>",
@@ -198,7 +201,6 @@ pub async fn load(path: &Path) -> Result<(String, config::Config), ConfigErrors>
         )
         .into());
     }
-    let cfg = config::parse(&text)?;
     Ok((text, cfg))
 }
 

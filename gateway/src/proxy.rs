@@ -207,8 +207,17 @@ async fn call_upstream(
             e.to_response(&info.request_id),
         );
     };
-    let verdict = body.verdict();
-    let mut req = Request::new(body::boxed(body));
+    let (body, verdict) = match body.into_upstream().await {
+        Ok(b) => b,
+        Err(refusal) => {
+            tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
+            return (
+                skipped(),
+                ProxyError::Refused(refusal).to_response(&info.request_id),
+            );
+        }
+    };
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;

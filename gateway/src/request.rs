@@ -175,6 +175,30 @@ impl RequestBody {
         })
     }
 
+    /// The body to send upstream. A body of declared length streams; one of
+    /// unknown length (chunked, or HTTP/2 without `Content-Length`) is read
+    /// whole first, up to the limit, as nginx does: otherwise the upstream
+    /// would already hold the start of a request the gateway refuses.
+    pub async fn into_upstream(
+        self,
+    ) -> Result<(crate::body::Body, Option<Arc<OnceLock<Refusal>>>), Refusal> {
+        use http_body_util::BodyExt;
+        let verdict = self.verdict.clone();
+        if self.inner.is_end_stream() || self.inner.size_hint().exact().is_some() {
+            return Ok((crate::body::boxed(self), verdict));
+        }
+        match self.collect().await {
+            Ok(collected) => Ok((crate::body::full(collected.to_bytes()), None)),
+            Err(e) => Err(match verdict.and_then(|v| v.get().copied()) {
+                Some(refusal) => refusal,
+                None => {
+                    tracing::debug!(error = %e, "request body broke off");
+                    Refusal::BodyIncomplete
+                }
+            }),
+        }
+    }
+
     /// Where the body records why it stopped, if it may.
     pub fn verdict(&self) -> Option<Arc<OnceLock<Refusal>>> {
         self.verdict.clone()
@@ -588,15 +612,19 @@ pub enum Refusal {
     /// The client stopped sending its body.
     #[error("the request body stalled for more than {0} ms")]
     BodyTimeout(u64),
+    /// The body broke off before its end.
+    #[error("the request body ended before it was complete")]
+    BodyIncomplete,
 }
 
 impl Refusal {
     /// The one status each refusal maps to.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Path(_) | Refusal::Authority(_) | Refusal::BadContentLength => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::Path(_)
+            | Refusal::Authority(_)
+            | Refusal::BadContentLength
+            | Refusal::BodyIncomplete => StatusCode::BAD_REQUEST,
             Refusal::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Refusal::HeaderTooLarge(_)
             | Refusal::TooManyHeaders(_)
@@ -618,6 +646,7 @@ impl Refusal {
             Refusal::BodyTooLarge(_) => "body_too_large",
             Refusal::BadContentLength => "bad_content_length",
             Refusal::BodyTimeout(_) => "body_timeout",
+            Refusal::BodyIncomplete => "body_incomplete",
         }
     }
 }

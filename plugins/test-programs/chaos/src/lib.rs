@@ -62,6 +62,9 @@ enum Mode {
     Continue,
     Trap,
     Loop,
+    /// Sleep for a second: an `await` in the host (the WASI clock), during
+    /// which the guest runs no code and so burns no epoch ticks.
+    Sleep,
     Memory,
     Respond(u16),
     BadHeader,
@@ -77,6 +80,7 @@ impl FromStr for Mode {
             "continue" => Mode::Continue,
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
+            "sleep" => Mode::Sleep,
             "memory" => Mode::Memory,
             "bad-header" => Mode::BadHeader,
             "big-body" => Mode::BigBody,
@@ -221,6 +225,10 @@ impl Plugin for Chaos {
             ),
             Mode::Trap => trap(),
             Mode::Loop => spin(),
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                RequestAction::Continue(RequestPatch::default())
+            }
             Mode::Memory => {
                 exhaust_memory();
                 RequestAction::Continue(RequestPatch::default())
@@ -256,6 +264,10 @@ impl Plugin for Chaos {
             }
             Mode::Trap => trap(),
             Mode::Loop => spin(),
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                ResponseAction::Continue(ResponsePatch::default())
+            }
             Mode::Memory => {
                 exhaust_memory();
                 ResponseAction::Continue(ResponsePatch::default())

@@ -62,6 +62,7 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
         route: Arc::from("r"),
         path: "/".into(),
         params: Default::default(),
+        request_id: wicket::request::RequestId::next(),
     });
     let upstream = UpstreamConfig {
         endpoints: vec![EndpointConfig {

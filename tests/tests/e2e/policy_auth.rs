@@ -28,7 +28,7 @@ A7k3ijuRziiOdjkTG64S0hQbJfLenSxe7gPS9hCTbPs1ozUSiCZWFBKtE3KdHcJExlqSEEi20nUBG278
 Hip8sjio524bxxCzGSldiQ073_Ib-kOp2Vy70Jp-b5A-5oDmFcU5D9g6a-4dS6Qeg5AtseJPuD_l3Jf8iPWo46zXx2oIwlBoh\
 Omc8v2nRzj0YAgPOvryci_YAKphOa3jPzbX5uoh64LSDtQu15tA";
 
-const JWKS: &str = include_str!("../../plugins/policies/jwt-auth/testdata/jwks.json");
+const JWKS: &str = include_str!("../../../plugins/policies/jwt-auth/testdata/jwks.json");
 
 fn b64_json(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())

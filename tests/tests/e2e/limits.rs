@@ -134,7 +134,7 @@ async fn invalid_plugin_output_is_refused() {
             r.json()["message"]
                 .as_str()
                 .unwrap()
-                .contains("invalid output"),
+                .contains("invalid_output"),
             "{mode}: {}",
             r.json()
         );
@@ -223,4 +223,49 @@ routes:
         let line = format!(r#"wicket_plugin_failures_total{{plugin="{plugin}",kind="busy"}} 1"#);
         assert!(text.contains(&line), "{line} in {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_is_wall_clock_across_host_awaits() {
+    // `sleep` waits a second in a host call (the WASI clock): no guest code
+    // runs, so no epoch tick is charged. The 100 ms deadline must still cut it.
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let started = Instant::now();
+    let r = c.get(&gw.url("/closed"), &[("x-chaos", "sleep")]).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 500, "{}", r.json());
+    assert_eq!(r.json()["error"], "plugin_failed");
+    assert!(r.json()["message"].as_str().unwrap().contains("deadline"));
+    assert!(
+        took < std::time::Duration::from_millis(900),
+        "the host await ran to its end: {took:?}"
+    );
+    // Fail-open: the request goes on with its head intact.
+    let r = c.get(&gw.url("/open"), &[("x-chaos", "sleep")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-chaos").as_deref(), Some("sleep"));
+    assert_eq!(c.get(&gw.url("/closed"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_replies_carry_a_code_and_request_id_but_no_internals() {
+    let (gw, _b) = start().await;
+    let c = HttpClient::new();
+    let r = c.get(&gw.url("/closed"), &[("x-chaos", "trap")]).await;
+    assert_eq!(r.status, 500);
+    let json = r.json();
+    let id = json["request_id"]
+        .as_str()
+        .expect("a request id")
+        .to_string();
+    assert_eq!(id.len(), 16);
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
+    let text = json.to_string();
+    for leak in ["wasm", "backtrace", ".rs", "panicked", "chaos.wasm", "0x"] {
+        assert!(!text.contains(leak), "the reply leaks {leak:?}: {text}");
+    }
+    assert!(text.len() < 200, "{text}");
+    let other = c.get(&gw.url("/closed"), &[("x-chaos", "trap")]).await;
+    assert_ne!(other.json()["request_id"], json["request_id"]);
 }
