@@ -519,6 +519,7 @@ pub fn parse_authority(raw: &str) -> Result<Authority, AuthorityError> {
         let valid = !host.is_empty()
             && host.len() <= 253
             && !host.starts_with('.')
+            && !host.ends_with('.')
             && !host.contains("..")
             && host
                 .bytes()

@@ -198,7 +198,7 @@ pub fn raise_fd_limit() {
     if limit.current < limit.maximum {
         let before = limit.current;
         limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit.clone()) {
+        match setrlimit(Resource::Nofile, limit) {
             Ok(()) => {
                 tracing::debug!(from = ?before, to = ?limit.current, "raised the open-files limit")
             }
