@@ -230,6 +230,7 @@ pub async fn serve<H: Handler>(
         ended: Notify::new(),
     });
     let settings = Arc::new(settings);
+    let (mut last_log_ms, mut shed_since_log) = (0u64, 0u64);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -238,9 +239,16 @@ pub async fn serve<H: Handler>(
                     Err(e) => {
                         if fd_exhausted(&e) {
                             // Make room by closing the longest-idle
-                            // connection, then try again.
-                            let shed = registry.shed_oldest_idle();
-                            tracing::warn!(role = settings.role, error = %e, shed, "out of file descriptors");
+                            // connection, then try again. Logged once a
+                            // second at most: a flood must not flood the log.
+                            registry.shed_oldest_idle();
+                            shed_since_log += 1;
+                            let now = registry.now_ms();
+                            if now.saturating_sub(last_log_ms) >= 1000 {
+                                tracing::warn!(role = settings.role, error = %e, shed = shed_since_log, "out of file descriptors; shedding the oldest idle connections");
+                                last_log_ms = now;
+                                shed_since_log = 0;
+                            }
                         } else {
                             tracing::warn!(role = settings.role, error = %e, "accept failed");
                         }
@@ -249,7 +257,7 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 if registry.len() >= settings.max_connections && !registry.shed_oldest_idle() {
-                    tracing::warn!(role = settings.role, client = %peer, max = settings.max_connections, "connection refused: at the connection cap and none idle");
+                    tracing::debug!(role = settings.role, client = %peer, max = settings.max_connections, "connection refused: at the connection cap and none idle");
                     drop(stream);
                     continue;
                 }
