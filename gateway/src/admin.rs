@@ -149,13 +149,13 @@ impl AdminHandler {
             return false;
         };
         let host = a.host.trim_start_matches('[').trim_end_matches(']');
-        if host == "localhost" {
+        if host == "localhost" || allowed.iter().any(|h| h.eq_ignore_ascii_case(host)) {
             return true;
         }
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             return ip.is_loopback() || ip == self.guard.local.ip();
         }
-        allowed.iter().any(|h| h.eq_ignore_ascii_case(host))
+        false
     }
 }
 

@@ -137,7 +137,14 @@ impl Shared {
     async fn build_next(&self, current: &Snapshot) -> Result<Option<Snapshot>, ConfigErrors> {
         let (text, cfg) = load(&self.config_path).await?;
         let base = base_dir(&self.config_path);
-        if unchanged(current, &text, &cfg, base) {
+        // A changed token file is a change too: a reload rotates the token.
+        let token = cfg
+            .admin
+            .as_ref()
+            .and_then(|a| config::admin_token(a, base).ok().flatten());
+        if unchanged(current, &text, &cfg, base)
+            && token.as_deref() == current.admin_token.as_deref()
+        {
             return Ok(None);
         }
         let mut fixed = Vec::new();

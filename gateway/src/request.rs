@@ -382,6 +382,10 @@ pub fn normalize_path<'a>(raw: &'a str, rules: &PathRules) -> Result<Cow<'a, str
                     b'%' => {
                         // `%25` followed by an escape of a dot, a separator or
                         // another `%` decodes, a second time, into a path trick.
+                        // `%25%32%65` hides its dot one level deeper still.
+                        if bytes.get(i + 3) == Some(&b'%') {
+                            return Err(PathError::DoubleEncoded);
+                        }
                         if let (Some(&h), Some(&l)) = (bytes.get(i + 3), bytes.get(i + 4)) {
                             let inner = hex_value(h).zip(hex_value(l)).map(|(h, l)| h << 4 | l);
                             if matches!(inner, Some(b'.' | b'/' | b'\\' | b'%')) {
@@ -768,6 +772,7 @@ mod tests {
             ("/public/%252e%252e/admin", DoubleEncoded),
             ("/public/%252F", DoubleEncoded),
             ("/public/%2525", DoubleEncoded),
+            ("/public/%25%32%65%25%32%65/admin", DoubleEncoded),
             ("/public/%00/x", Control),
             ("/public/%1f", Control),
             ("/public/%zz", BadEscape),
@@ -796,8 +801,26 @@ mod tests {
     #[test]
     fn normalisation_is_idempotent_has_no_dot_segments_and_stays_under_its_prefix() {
         const PIECES: &[&str] = &[
-            "a", "b", "..", ".", "", "%2e", "%2E%2e", "%41", "~", "%20", "x.y", "...", "%7e",
-            ".%2e", "%C3%A9", "admin",
+            "a",
+            "b",
+            "..",
+            ".",
+            "",
+            "%2e",
+            "%2E%2e",
+            "%41",
+            "~",
+            "%20",
+            "x.y",
+            "...",
+            "%7e",
+            ".%2e",
+            "%C3%A9",
+            "admin",
+            "%25",
+            "%252e",
+            "%25%32%65",
+            "%2541",
         ];
         let mut rng = Lcg(0x5eed);
         for merge in [true, false] {
