@@ -57,24 +57,17 @@ impl AdminHandler {
 }
 
 impl crate::server::Handler for AdminHandler {
-    fn call(
-        self,
-        req: Request<Incoming>,
-        conn: Conn,
-    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
-        let this = self;
-        async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let resp = this.handle(req).await;
-            let status = resp.status().as_u16();
-            if status >= 400 {
-                tracing::warn!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request refused");
-            } else if method != Method::GET {
-                tracing::info!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request");
-            }
-            resp
+    async fn call(self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = self.handle(req).await;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            tracing::warn!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request refused");
+        } else if method != Method::GET {
+            tracing::info!(target: "wicket::admin", client = %conn.client, %method, path, status, "admin request");
         }
+        resp
     }
 }
 
@@ -110,52 +103,44 @@ impl AdminHandler {
         handle(&self.shared, &self.guard, req).await
     }
 
-    /// `Host` (or `:authority`) must be present and name this listener; an
-    /// `Origin`, when sent, must too.
+    /// The request's one authority (the proxy's own rule: present, single,
+    /// agreeing) must name this listener; an `Origin`, when sent, must too.
     fn check_origin(
         &self,
         req: &Request<Incoming>,
         allowed: &[String],
     ) -> Result<(), &'static str> {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .ok_or("the request names no host")?;
+        let host = crate::request::authority(req.uri(), req.headers())
+            .map_err(|_| "the request names no single, well-formed host")?;
         if !self.host_allowed(&host, allowed) {
             return Err("the Host header does not name this admin listener");
         }
         if let Some(origin) = req.headers().get(http::header::ORIGIN) {
             let origin = origin.to_str().map_err(|_| "malformed Origin")?;
-            let rest = origin
+            let allowed_origin = origin
                 .strip_prefix("http://")
                 .or_else(|| origin.strip_prefix("https://"))
-                .ok_or("the Origin is not this admin listener")?;
-            if !self.host_allowed(rest, allowed) {
+                .and_then(|rest| crate::request::parse_authority(rest).ok())
+                .is_some_and(|a| self.host_allowed(&a, allowed));
+            if !allowed_origin {
                 return Err("the Origin is not this admin listener");
             }
         }
         Ok(())
     }
 
-    fn host_allowed(&self, authority: &str, allowed: &[String]) -> bool {
-        let Ok(a) = crate::request::parse_authority(authority) else {
-            return false;
-        };
-        let host = a.host.trim_start_matches('[').trim_end_matches(']');
+    fn host_allowed(&self, authority: &crate::request::Authority, allowed: &[String]) -> bool {
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host == "localhost" || allowed.iter().any(|h| h.eq_ignore_ascii_case(host)) {
             return true;
         }
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            return ip.is_loopback() || ip == self.guard.local.ip();
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback() || ip == self.guard.local.ip(),
+            Err(_) => false,
         }
-        false
     }
 }
 

@@ -51,8 +51,12 @@ fn yes() -> bool {
     true
 }
 
+/// The quiet period when the configuration sets none; also how far apart
+/// start-up and `validate` read the file twice.
+pub const DEFAULT_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn default_debounce_ms() -> u64 {
-    200
+    DEFAULT_DEBOUNCE.as_millis() as u64
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -530,9 +534,13 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
-/// Check the listener, admin and drain settings: every problem, located.
-pub fn validate_serving(cfg: &Config, base: &std::path::Path) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
+/// Check the listener, admin and drain settings, adding every problem
+/// (located) to `errors`. Returns the admin token, which this reads (once).
+pub fn validate_serving(
+    cfg: &Config,
+    base: &std::path::Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
     let mut positive = |at: String, v: u64| {
         if v == 0 {
             errors.push(ConfigError::at(at, "must be at least 1"));
@@ -589,19 +597,25 @@ pub fn validate_serving(cfg: &Config, base: &std::path::Path) -> Vec<ConfigError
                 errors.push(ConfigError::at(f, "must be at least 1"));
             }
         }
-        match admin_token(admin, base) {
-            Ok(None) if !admin.address.ip().is_loopback() => errors.push(ConfigError::at(
-                "admin.address",
-                format!(
-                    "{} is beyond loopback: set admin.token_file or admin.token_env",
-                    admin.address
-                ),
-            )),
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
+        return match admin_token(admin, base) {
+            Ok(None) if !admin.address.ip().is_loopback() => {
+                errors.push(ConfigError::at(
+                    "admin.address",
+                    format!(
+                        "{} is beyond loopback: set admin.token_file or admin.token_env",
+                        admin.address
+                    ),
+                ));
+                None
+            }
+            Ok(token) => token,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
     }
-    errors
+    None
 }
 
 /// The admin bearer token, from `token_file` or `token_env`.

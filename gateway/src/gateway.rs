@@ -135,7 +135,8 @@ impl Shared {
     /// The next snapshot, or `None` when the file and its modules are exactly
     /// what `current` already runs.
     async fn build_next(&self, current: &Snapshot) -> Result<Option<Snapshot>, ConfigErrors> {
-        let (text, cfg) = load(&self.config_path).await?;
+        let quiet = Duration::from_millis(current.watch_debounce_ms);
+        let (text, cfg) = load(&self.config_path, quiet).await?;
         let base = base_dir(&self.config_path);
         // A changed token file is a change too: a reload rotates the token.
         let token = cfg
@@ -148,8 +149,12 @@ impl Shared {
             return Ok(None);
         }
         let mut fixed = Vec::new();
-        let addresses = |ls: &[config::Listener]| ls.iter().map(|l| l.address).collect::<Vec<_>>();
-        if addresses(&cfg.listeners) != addresses(&current.listener_configs) {
+        if !cfg
+            .listeners
+            .iter()
+            .map(|l| l.address)
+            .eq(current.listener_addrs.iter().copied())
+        {
             fixed.push(config::ConfigError::at(
                 "listeners",
                 "listener addresses changed: that needs a restart",
@@ -172,18 +177,15 @@ impl Shared {
 }
 
 /// The one loader, for start, reload and `validate` alike: read the file,
-/// read it again after the debounce window and insist on the same bytes (an
-/// in-place write that paused is not applied half-done), insist on a final
-/// newline (a cut write almost never ends at one), and parse.
-pub async fn load(path: &Path) -> Result<(String, config::Config), ConfigErrors> {
+/// read it again `quiet` later and insist on the same bytes (an in-place
+/// write that paused is not applied half-done), insist on a final newline (a
+/// cut write almost never ends at one), and parse. A reload waits the
+/// running generation's debounce; start and `validate`, the default one.
+pub async fn load(path: &Path, quiet: Duration) -> Result<(String, config::Config), ConfigErrors> {
     let mut text = read_config(path)?;
     let mut attempts = 0;
     loop {
-        let quiet = config::parse(&text)
-            .map(|c| c.watch_debounce_ms)
-            .unwrap_or(200)
-            .min(5_000);
-        tokio::time::sleep(Duration::from_millis(quiet)).await;
+        tokio::time::sleep(quiet).await;
         let again = read_config(path)?;
         if again == text {
             break;
@@ -252,7 +254,7 @@ fn base_dir(path: &Path) -> &Path {
 /// Validate a config file without serving it: parse, build, compile and
 /// `init` every plugin.
 pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
-    let (text, cfg) = load(path).await?;
+    let (text, cfg) = load(path, config::DEFAULT_DEBOUNCE).await?;
     let clock = Clock::system();
     let runtime = Runtime::new(
         RuntimeOptions::from_config(&cfg.runtime),
@@ -277,7 +279,7 @@ impl Gateway {
     /// Load the configuration, bind every listener and start serving.
     pub async fn start(options: Options) -> anyhow::Result<Gateway> {
         crate::server::raise_fd_limit();
-        let (text, cfg) = load(&options.config_path).await?;
+        let (text, cfg) = load(&options.config_path, config::DEFAULT_DEBOUNCE).await?;
         let mut runtime_opts = RuntimeOptions::from_config(&cfg.runtime);
         // An override only redirects the cache; a config that turns the cache
         // off keeps it off.

@@ -55,7 +55,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         Ok(b) => b,
         Err(e) => return finish_early(&snapshot, e.into(), &parts, &conn, &id, started),
     };
-    let authority = authority.to_header();
+    let authority = authority.into_string();
     prepare_request(&mut parts, &conn, &authority);
     let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
@@ -107,7 +107,7 @@ fn route<'s>(
     parts: &http::request::Parts,
 ) -> Result<(&'s crate::snapshot::Route, crate::router::Params), ProxyError> {
     snapshot
-        .lookup(&authority.host, &parts.method, parts.uri.path())
+        .lookup(authority.host(), &parts.method, parts.uri.path())
         .map_err(|lookup| match lookup {
             Lookup::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed {
                 method: parts.method.to_string(),
@@ -159,12 +159,14 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
     if let Some(pq) = parts.uri.path_and_query().cloned() {
         parts.uri = http::Uri::from(pq);
     }
-    // The authority routed is the authority forwarded.
+    // The authority routed is the authority forwarded, in `Host` and
+    // `X-Forwarded-Host` alike.
     if let Ok(v) = HeaderValue::from_str(authority) {
+        parts.headers.insert("x-forwarded-host", v.clone());
         parts.headers.insert(header::HOST, v);
     }
     // Append to X-Forwarded-For (as nginx's $proxy_add_x_forwarded_for does);
-    // set Proto and Host to what this hop saw.
+    // set Proto to what this hop saw.
     let ip = conn.client.ip().to_string();
     let xff = match parts
         .headers
@@ -180,9 +182,6 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
     parts
         .headers
         .insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
-    if let Ok(v) = HeaderValue::from_str(authority) {
-        parts.headers.insert("x-forwarded-host", v);
-    }
 }
 
 fn skipped() -> UpstreamOutcome {
@@ -210,11 +209,8 @@ async fn call_upstream(
     let (body, verdict) = match body.into_upstream().await {
         Ok(b) => b,
         Err(refusal) => {
-            tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
-            return (
-                skipped(),
-                ProxyError::Refused(refusal).to_response(&info.request_id),
-            );
+            let e = body_refused(info, refusal);
+            return (skipped(), e.to_response(&info.request_id));
         }
     };
     let mut req = Request::new(body);
@@ -240,10 +236,7 @@ async fn call_upstream(
             // A body the client overran or let stall is the client's fault,
             // whatever the upstream made of the cut.
             let e = match verdict.and_then(|v| v.get().copied()) {
-                Some(refusal) => {
-                    tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
-                    ProxyError::Refused(refusal)
-                }
+                Some(refusal) => body_refused(info, refusal),
                 None => {
                     tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), endpoint = ?endpoint, error = %kind, "upstream call failed");
                     ProxyError::Upstream {
@@ -258,6 +251,11 @@ async fn call_upstream(
             )
         }
     }
+}
+
+fn body_refused(info: &RequestInfo, refusal: request::Refusal) -> ProxyError {
+    tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
+    ProxyError::Refused(refusal)
 }
 
 fn outcome(result: OutcomeResult, latency_us: u64, endpoint: Option<String>) -> UpstreamOutcome {

@@ -122,21 +122,19 @@ impl Default for Rules {
 }
 
 /// Step 1 of the request path: check the head against the limits, settle
-/// the one authority, and replace the target with its normalised path (the
-/// query is kept as sent). An absolute-form target becomes origin-form.
+/// the one authority, and replace the target with its normalised path when
+/// that differs (the query is kept as sent).
 pub fn admit(rules: &Rules, parts: &mut http::request::Parts) -> Result<Authority, Refusal> {
     check_head(parts, &rules.limits)?;
-    let authority = authority(parts)?;
-    let path = normalize_path(parts.uri.path(), &rules.paths)?;
-    let changed = matches!(path, Cow::Owned(_)) || parts.uri.authority().is_some();
-    if changed {
+    let authority = authority(&parts.uri, &parts.headers)?;
+    if let Cow::Owned(path) = normalize_path(parts.uri.path(), &rules.paths)? {
         let pq = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
+            None => path,
         };
-        parts.uri = pq
-            .parse()
+        let pq = http::uri::PathAndQuery::try_from(pq)
             .map_err(|_| Refusal::Path(PathError::BadEscape))?;
+        parts.uri = http::Uri::from(pq);
     }
     Ok(authority)
 }
@@ -462,22 +460,35 @@ pub fn normalize_path<'a>(raw: &'a str, rules: &PathRules) -> Result<Cow<'a, str
 }
 
 /// The one authority of a request, normalised: host lower-cased without a
-/// trailing dot, the port separate.
+/// trailing dot, the port separate. Held as the one string it is forwarded
+/// as, so a request pays for one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authority {
-    /// Host name, IPv4 address or bracketed IPv6 address.
-    pub host: String,
-    /// The port, when the client named one.
-    pub port: Option<u16>,
+    /// `host` or `host:port`.
+    text: String,
+    host_len: usize,
+    port: Option<u16>,
 }
 
 impl Authority {
+    /// Host name, IPv4 address or bracketed IPv6 address.
+    pub fn host(&self) -> &str {
+        &self.text[..self.host_len]
+    }
+
+    /// The port, when the client named one.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
     /// `host` or `host:port`, as forwarded in `Host`.
-    pub fn to_header(&self) -> String {
-        match self.port {
-            Some(p) => format!("{}:{p}", self.host),
-            None => self.host.clone(),
-        }
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// [`Authority::as_str`], owned.
+    pub fn into_string(self) -> String {
+        self.text
     }
 }
 
@@ -513,7 +524,11 @@ pub fn parse_authority(raw: &str) -> Result<Authority, AuthorityError> {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or(AuthorityError::Malformed)?),
         };
-        (format!("[{}]", v6.to_ascii_lowercase()), port)
+        let mut text = String::with_capacity(raw.len());
+        text.push('[');
+        text.push_str(v6);
+        text.push(']');
+        (text, port)
     } else {
         let (host, port) = match raw.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -531,26 +546,39 @@ pub fn parse_authority(raw: &str) -> Result<Authority, AuthorityError> {
         if !valid {
             return Err(AuthorityError::Malformed);
         }
-        (host.to_ascii_lowercase(), port)
+        let mut text = String::with_capacity(raw.len());
+        text.push_str(host);
+        (text, port)
     };
+    let mut text = host;
+    text.make_ascii_lowercase();
+    let host_len = text.len();
     let port = match port {
         None => None,
         Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
             match p.parse::<u16>() {
                 Ok(0) | Err(_) => return Err(AuthorityError::Malformed),
-                Ok(n) => Some(n),
+                Ok(n) => {
+                    use std::fmt::Write;
+                    let _ = write!(text, ":{n}");
+                    Some(n)
+                }
             }
         }
         Some(_) => return Err(AuthorityError::Malformed),
     };
-    Ok(Authority { host, port })
+    Ok(Authority {
+        text,
+        host_len,
+        port,
+    })
 }
 
 /// The request's one authority: the absolute-form target's or `:authority`
 /// (which a `Host` header, if any, must agree with), else the one `Host`
 /// header. HTTP/1.x without one is refused, as nginx does for HTTP/1.1.
-pub fn authority(parts: &http::request::Parts) -> Result<Authority, AuthorityError> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+pub fn authority(uri: &http::Uri, headers: &HeaderMap) -> Result<Authority, AuthorityError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(AuthorityError::Duplicate);
@@ -561,7 +589,7 @@ pub fn authority(parts: &http::request::Parts) -> Result<Authority, AuthorityErr
         )?),
         None => None,
     };
-    let target = match parts.uri.authority() {
+    let target = match uri.authority() {
         Some(a) if a.as_str().contains('@') => return Err(AuthorityError::Malformed),
         Some(a) => Some(parse_authority(a.as_str())?),
         None => None,
@@ -868,11 +896,11 @@ mod tests {
     #[test]
     fn authorities_normalise() {
         let a = parse_authority("Secure.Example.:8080").unwrap();
-        assert_eq!(a.host, "secure.example");
-        assert_eq!(a.port, Some(8080));
-        assert_eq!(a.to_header(), "secure.example:8080");
-        assert_eq!(parse_authority("[::1]:80").unwrap().host, "[::1]");
-        assert_eq!(parse_authority("127.0.0.1").unwrap().port, None);
+        assert_eq!(a.host(), "secure.example");
+        assert_eq!(a.port(), Some(8080));
+        assert_eq!(a.as_str(), "secure.example:8080");
+        assert_eq!(parse_authority("[::1]:80").unwrap().host(), "[::1]");
+        assert_eq!(parse_authority("127.0.0.1").unwrap().port(), None);
         for bad in [
             "", ":80", "a b", "a@b", "a:", "a:0", "a:99999", "a..b", ".a", "a..", "[::1", "a%2eb",
             "a:80:80",
@@ -897,10 +925,10 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(authority(&p).unwrap().host, "a.example");
+        assert_eq!(authority(&p.uri, &p.headers).unwrap().host(), "a.example");
 
         let p = parts(http::Request::get("/x").body(()).unwrap());
-        assert_eq!(authority(&p), Err(AuthorityError::Missing));
+        assert_eq!(authority(&p.uri, &p.headers), Err(AuthorityError::Missing));
 
         let p = parts(
             http::Request::get("/x")
@@ -909,7 +937,10 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(authority(&p), Err(AuthorityError::Duplicate));
+        assert_eq!(
+            authority(&p.uri, &p.headers),
+            Err(AuthorityError::Duplicate)
+        );
 
         let p = parts(
             http::Request::get("http://a.example/x")
@@ -917,7 +948,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(authority(&p), Err(AuthorityError::Disagree));
+        assert_eq!(authority(&p.uri, &p.headers), Err(AuthorityError::Disagree));
 
         let p = parts(
             http::Request::get("http://a.example/x")
@@ -925,10 +956,13 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(authority(&p).unwrap().host, "a.example");
+        assert_eq!(authority(&p.uri, &p.headers).unwrap().host(), "a.example");
 
         let p = parts(http::Request::get("http://u@a.example/x").body(()).unwrap());
-        assert_eq!(authority(&p), Err(AuthorityError::Malformed));
+        assert_eq!(
+            authority(&p.uri, &p.headers),
+            Err(AuthorityError::Malformed)
+        );
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub struct Snapshot {
     pub module_paths: Vec<PathBuf>,
     /// How long a drain may take.
     pub drain_timeout: std::time::Duration,
-    /// The listeners as configured (addresses are fixed at start).
-    pub listener_configs: Vec<crate::config::Listener>,
+    /// The listeners' configured addresses (fixed at start).
+    pub listener_addrs: Vec<std::net::SocketAddr>,
     /// The admin listener as configured.
     pub admin: Option<crate::config::Admin>,
     /// The admin bearer token, read when this generation was built (so a
@@ -246,14 +246,8 @@ impl Snapshot {
             }
         }
 
-        errors.extend(crate::config::validate_serving(&config, base));
-        let admin_token = match &config.admin {
-            Some(a) => crate::config::admin_token(a, base)
-                .ok()
-                .flatten()
-                .map(Arc::<str>::from),
-            None => None,
-        };
+        let admin_token =
+            crate::config::validate_serving(&config, base, &mut errors).map(Arc::<str>::from);
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -261,7 +255,7 @@ impl Snapshot {
         Ok(Snapshot {
             drain_timeout: std::time::Duration::from_millis(config.drain_timeout_ms),
             listeners: config.listeners.iter().map(Rules::from_config).collect(),
-            listener_configs: config.listeners.clone(),
+            listener_addrs: config.listeners.iter().map(|l| l.address).collect(),
             admin: config.admin.clone(),
             admin_token,
             generation,
