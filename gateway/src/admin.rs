@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
@@ -273,20 +273,9 @@ async fn plugin_state(
                     return json_error(StatusCode::BAD_REQUEST, "bad_request", &message)
                 }
             };
-            let value = match Limited::new(req.into_body(), MAX_ADMIN_VALUE_BYTES)
-                .collect()
-                .await
-            {
-                Ok(body) => body.to_bytes().to_vec(),
-                Err(_) => {
-                    return json_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        &format!(
-                            "a state value written here is at most {MAX_ADMIN_VALUE_BYTES} bytes"
-                        ),
-                    )
-                }
+            let value = match read_value(shared, req).await {
+                Ok(value) => value,
+                Err(resp) => return resp,
             };
             {
                 let mut written = guard.written.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,6 +335,41 @@ async fn plugin_state(
             "state_unavailable",
             &e.to_string(),
         ),
+    }
+}
+
+/// A `PUT` body, bounded in size and in the time between its pieces by the
+/// same body reader the proxy uses.
+async fn read_value(shared: &Shared, req: Request<Incoming>) -> Result<Vec<u8>, Response<Body>> {
+    use crate::request::{Refusal, RequestBody};
+    let idle = shared.current().admin.as_ref().map_or(
+        crate::config::ListenerTimeouts::default().body_idle_ms,
+        |a| a.timeouts.body_idle_ms,
+    );
+    let (parts, body) = req.into_parts();
+    let refused = |r: Refusal| match r {
+        Refusal::BodyTooLarge(_) => json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("a state value written here is at most {MAX_ADMIN_VALUE_BYTES} bytes"),
+        ),
+        other => json_error(other.status(), other.code(), &other.to_string()),
+    };
+    let body = RequestBody::new(
+        body,
+        &parts.headers,
+        MAX_ADMIN_VALUE_BYTES as u64,
+        std::time::Duration::from_millis(idle),
+    )
+    .map_err(refused)?;
+    let verdict = body.verdict();
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(_) => Err(refused(
+            verdict
+                .and_then(|v| v.get().copied())
+                .unwrap_or(Refusal::BodyIncomplete),
+        )),
     }
 }
 

@@ -562,6 +562,7 @@ pub fn validate_serving(
             at("limits.max_connections"),
             l.limits.max_connections as u64,
         );
+        positive(at("limits.max_body_bytes"), l.limits.max_body_bytes);
         positive(
             at("limits.max_concurrent_streams"),
             l.limits.max_concurrent_streams as u64,

@@ -38,8 +38,9 @@ pub struct Conn {
 pub struct RequestId([u8; 16]);
 
 impl RequestId {
-    /// A new id: 16 hex digits, unique within the process and unguessable
-    /// across restarts (a per-process random seed, mixed with a counter).
+    /// A new id: 16 hex digits, unique within the process and different
+    /// across restarts (a per-process random seed, mixed with a counter). It
+    /// names a request; it is not a secret.
     pub fn next() -> RequestId {
         use std::hash::{BuildHasher, Hasher};
         static SEED: OnceLock<u64> = OnceLock::new();
