@@ -761,3 +761,123 @@ routes: [{{ name: r, match: {{ path: "/" }}, upstream: b }}]
     assert_eq!(s["reloads_failed"], 1, "one change, one rejection: {s}");
     assert_eq!(s["generation"], 1);
 }
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Send the preface, an empty SETTINGS and `attack`; read until the gateway
+/// closes. Returns whether a GOAWAY came, and when the connection closed.
+fn h2_attack(addr: SocketAddr, attack: &[u8]) -> (bool, Option<Duration>) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend_from_slice(attack);
+    // The gateway may stop reading half-way; what it answers is what counts.
+    let _ = s.write_all(&out);
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break Some(started.elapsed()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break Some(started.elapsed())
+            }
+            Err(_) => break None,
+        }
+    };
+    // Walk the frames the gateway sent, looking for GOAWAY (type 7).
+    let mut goaway = false;
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = (received[at] as usize) << 16
+            | (received[at + 1] as usize) << 8
+            | received[at + 2] as usize;
+        goaway |= received[at + 3] == 0x7;
+        at += 9 + len;
+    }
+    (goaway, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_get_goaway_and_legitimate_clients_are_still_served() {
+    let t = topology("").await;
+    let addr = t.gw.gateway.addrs()[0];
+    // POST /public/x on open.example, HPACK with static-table names.
+    let mut block = vec![0x83, 0x86, 0x44, 9];
+    block.extend_from_slice(b"/public/x");
+    block.push(0x41);
+    block.push(12);
+    block.extend_from_slice(b"open.example");
+    let mut empty_data = h2_frame(0x1, 0x4, 1, &block);
+    let mut pings = Vec::new();
+    let mut settings = Vec::new();
+    for _ in 0..1000 {
+        empty_data.extend(h2_frame(0x0, 0, 1, &[]));
+        pings.extend(h2_frame(0x6, 0, 0, &[0; 8]));
+        settings.extend(h2_frame(0x4, 0, 0, &[]));
+    }
+    let legit_headers: Vec<(String, String)> = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "open.example"),
+        (":path", "/public/x"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let legit = || send_h2(addr, &legit_headers, 0);
+    for (what, attack) in [
+        ("empty DATA", empty_data),
+        ("PING", pings),
+        ("SETTINGS", settings),
+    ] {
+        let flood = tokio::task::spawn_blocking(move || h2_attack(addr, &attack));
+        assert_eq!(
+            legit().await,
+            Ok(200),
+            "a legitimate client during the {what} flood"
+        );
+        let (goaway, closed) = flood.await.unwrap();
+        assert!(goaway, "{what} flood: no GOAWAY");
+        assert!(
+            closed.is_some_and(|d| d < Duration::from_secs(8)),
+            "{what} flood: not cut ({closed:?})"
+        );
+    }
+    // A well-behaved HTTP/2 connection, pings and settings at a sane rate
+    // included, is left alone.
+    let mut calm = h2_frame(0x6, 0, 0, &[0; 8]);
+    calm.extend(h2_frame(0x4, 0, 0, &[]));
+    let calm_result = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        out.extend(calm);
+        s.write_all(&out).unwrap();
+        let mut chunk = [0u8; 4096];
+        let mut received = Vec::new();
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => return Err("closed"),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                // Still open when the read times out: left alone.
+                Err(_) => return Ok(received),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(calm_result.is_ok(), "a calm connection was closed");
+    assert_eq!(legit().await, Ok(200));
+    assert!(t.protected.take().is_empty());
+}

@@ -29,6 +29,9 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::request::Conn;
+use frames::FrameWatch;
+
+pub mod frames;
 
 /// How one listener treats its connections.
 #[derive(Debug, Clone)]
@@ -98,9 +101,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
 }
 
+// How a connection is asked to end, in rising order (a later, stronger
+// request wins): not at all; gracefully (drain); gracefully and soon (an
+// abusive HTTP/2 client); at once (shed, or past the drain deadline).
 const RUN: u8 = 0;
 const GRACEFUL: u8 = 1;
-const ABORT: u8 = 2;
+const ABUSE: u8 = 2;
+const ABORT: u8 = 3;
 
 /// One open connection, as the accept loop sees it.
 struct Tracker {
@@ -358,9 +365,16 @@ async fn connection<H: Handler>(
             return;
         }
     };
+    let watch = matches!(protocol, Protocol::Http2).then(|| Watch {
+        frames: FrameWatch::new(H2_PREFACE.len()),
+        tracker: tracker.clone(),
+        client: conn.client,
+        abused: false,
+    });
     let io = TokioIo::new(Prefixed {
         prefix: Bytes::copy_from_slice(&buf[..n]),
         inner: stream,
+        watch,
     });
     let service = {
         let (tracker, registry) = (tracker.clone(), registry.clone());
@@ -437,9 +451,12 @@ where
     }
 }
 
-/// How long a connection asked to finish gracefully (idle, or drain aside)
-/// has before it is cut.
+/// How long a connection closed for being idle has to finish before it is
+/// cut (a drain has its own deadline).
 const GRACE: Duration = Duration::from_secs(5);
+/// How long an abusive HTTP/2 connection has, after its GOAWAY, before it is
+/// cut; its input is no longer read meanwhile.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 async fn watch_connection<C: Graceful>(
     c: C,
@@ -449,19 +466,21 @@ async fn watch_connection<C: Graceful>(
     settings: &Settings,
 ) {
     let mut c = std::pin::pin!(c);
-    let mut graceful_since: Option<Instant> = None;
+    // Once hyper has been asked to finish (GOAWAY on HTTP/2), only the
+    // connection's end, a cut deadline or an abort remain.
+    let mut closing = false;
+    let mut cut_at: Option<Instant> = None;
     loop {
-        let idle_for = Duration::from_millis(
-            registry
-                .now_ms()
-                .saturating_sub(tracker.last_active_ms.load(Ordering::Relaxed)),
-        );
-        let next_check = match graceful_since {
-            Some(t) => t + GRACE,
-            None if tracker.in_flight.load(Ordering::Relaxed) == 0 => {
-                Instant::now() + settings.idle.saturating_sub(idle_for)
+        let wake_at = if closing {
+            cut_at
+        } else {
+            Some(next_idle_check(tracker, registry, settings))
+        };
+        let timer = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
             }
-            None => Instant::now() + settings.idle,
         };
         tokio::select! {
             result = c.as_mut() => {
@@ -471,33 +490,51 @@ async fn watch_connection<C: Graceful>(
                 return;
             }
             _ = tracker.wake.notified() => {
-                match tracker.mode.load(Ordering::SeqCst) {
-                    ABORT => return,
-                    GRACEFUL if graceful_since.is_none() => {
-                        c.as_mut().graceful();
-                        graceful_since = Some(Instant::now());
-                    }
-                    _ => {}
+                let mode = tracker.mode.load(Ordering::SeqCst);
+                if mode == ABORT {
+                    return;
+                }
+                if !closing {
+                    c.as_mut().graceful();
+                    closing = true;
+                }
+                if mode == ABUSE {
+                    let soon = Instant::now() + ABUSE_GRACE;
+                    cut_at = Some(cut_at.map_or(soon, |t| t.min(soon)));
                 }
             }
-            _ = tokio::time::sleep_until(next_check) => {
-                if let Some(since) = graceful_since {
-                    if since.elapsed() >= GRACE && tracker.mode.load(Ordering::SeqCst) != GRACEFUL {
-                        tracing::debug!(client = %conn.client, "cut after the grace period");
-                        return;
-                    }
-                    continue;
+            _ = timer => {
+                if closing {
+                    tracing::debug!(client = %conn.client, "cut after the grace period");
+                    return;
                 }
                 let idle = tracker.in_flight.load(Ordering::Relaxed) == 0
-                    && registry.now_ms().saturating_sub(tracker.last_active_ms.load(Ordering::Relaxed))
-                        >= settings.idle.as_millis() as u64;
+                    && idle_for(tracker, registry) >= settings.idle;
                 if idle {
                     tracing::debug!(client = %conn.client, role = settings.role, "idle timeout");
                     c.as_mut().graceful();
-                    graceful_since = Some(Instant::now());
+                    closing = true;
+                    cut_at = Some(Instant::now() + GRACE);
                 }
             }
         }
+    }
+}
+
+fn idle_for(tracker: &Tracker, registry: &Registry) -> Duration {
+    Duration::from_millis(
+        registry
+            .now_ms()
+            .saturating_sub(tracker.last_active_ms.load(Ordering::Relaxed)),
+    )
+}
+
+/// When the connection could next have been idle for `settings.idle`.
+fn next_idle_check(tracker: &Tracker, registry: &Registry, settings: &Settings) -> Instant {
+    if tracker.in_flight.load(Ordering::Relaxed) == 0 {
+        Instant::now() + settings.idle.saturating_sub(idle_for(tracker, registry))
+    } else {
+        Instant::now() + settings.idle
     }
 }
 
@@ -542,25 +579,49 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// The sniffed first bytes, then the rest of the stream.
+/// The sniffed first bytes, then the rest of the stream; on HTTP/2, with
+/// the frames it carries watched for abuse.
 struct Prefixed {
     prefix: Bytes,
     inner: TcpStream,
+    watch: Option<Watch>,
+}
+
+struct Watch {
+    frames: FrameWatch,
+    tracker: Arc<Tracker>,
+    client: std::net::SocketAddr,
+    /// Judged abusive: GOAWAY is on its way and nothing more is read.
+    abused: bool,
 }
 
 impl AsyncRead for Prefixed {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
+        let this = self.get_mut();
+        if this.watch.as_ref().is_some_and(|w| w.abused) {
+            // The connection is being cut; its input is no longer served.
+            return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            let head = this.prefix.split_to(n);
+            buf.put_slice(&head);
+        } else {
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        }
+        if let Some(w) = &mut this.watch {
+            if let Err(abuse) = w.frames.feed(&buf.filled()[before..]) {
+                tracing::warn!(client = %w.client, reason = %abuse, "HTTP/2 abuse: GOAWAY, then the connection is cut");
+                w.abused = true;
+                w.tracker.close(ABUSE);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
