@@ -42,18 +42,18 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 1. Admit: head within limits, one authority, one normalised path.
     let authority = match request::admit(listener, &mut parts) {
         Ok(a) => a,
-        Err(e) => return finish_early(&snapshot, e.into(), &parts, &conn, &id, started),
+        Err(e) => return finish_early(&snapshot, e.into(), &parts, body, &conn, &id, started),
     };
     // 2. Route: host, path, method → route and path parameters.
     let (route, params) = match route(&snapshot, &authority, &parts) {
         Ok(found) => found,
-        Err(e) => return finish_early(&snapshot, e, &parts, &conn, &id, started),
+        Err(e) => return finish_early(&snapshot, e, &parts, body, &conn, &id, started),
     };
     // 3. Prepare: the body bounded, hop-by-hop headers out, forwarding headers in.
     let max_body = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
     let body = match RequestBody::new(body, &parts.headers, max_body, listener.body_idle) {
         Ok(b) => b,
-        Err(e) => return finish_early(&snapshot, e.into(), &parts, &conn, &id, started),
+        Err(e) => return finish_early(&snapshot, e.into(), &parts, None, &conn, &id, started),
     };
     let authority = authority.into_string();
     prepare_request(&mut parts, &conn, &authority);
@@ -290,12 +290,16 @@ fn finish_early(
     snapshot: &Snapshot,
     e: ProxyError,
     parts: &http::request::Parts,
+    body: impl Into<Option<Incoming>>,
     conn: &Conn,
     id: &RequestId,
     started: Instant,
 ) -> Response<Body> {
     if let ProxyError::Refused(reason) = &e {
         tracing::info!(request_id = %id, client = %conn.client, code = e.code(), reason = %reason, "request refused");
+    }
+    if let Some(body) = body.into() {
+        request::linger(body);
     }
     let mut resp = e.to_response(id);
     stamp_generation(snapshot, &mut resp);

@@ -144,7 +144,8 @@ pub fn admit(rules: &Rules, parts: &mut http::request::Parts) -> Result<Authorit
 /// between pieces. When it refuses to go on, it records why, so the request
 /// path answers 413 or 408 rather than blame the upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` only once dropped (see `Drop`).
+    inner: Option<Incoming>,
     left: u64,
     limit: u64,
     idle: Duration,
@@ -161,11 +162,14 @@ impl RequestBody {
         limit: u64,
         idle: Duration,
     ) -> Result<RequestBody, Refusal> {
-        check_content_length(headers, limit)?;
+        if let Err(refusal) = check_content_length(headers, limit) {
+            linger(inner);
+            return Err(refusal);
+        }
         // A body that is already complete (most GETs) needs no watching.
         let verdict = (!inner.is_end_stream()).then(|| Arc::new(OnceLock::new()));
         Ok(RequestBody {
-            inner,
+            inner: Some(inner),
             left: limit,
             limit,
             idle,
@@ -183,7 +187,7 @@ impl RequestBody {
     ) -> Result<(crate::body::Body, Option<Arc<OnceLock<Refusal>>>), Refusal> {
         use http_body_util::BodyExt;
         let verdict = self.verdict.clone();
-        if self.inner.is_end_stream() || self.inner.size_hint().exact().is_some() {
+        if self.is_end_stream() || self.size_hint().exact().is_some() {
             return Ok((crate::body::boxed(self), verdict));
         }
         match self.collect().await {
@@ -223,7 +227,10 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -255,12 +262,55 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
     }
+}
+
+impl Drop for RequestBody {
+    /// A body the gateway did not read to its end (a plugin answered, the
+    /// body was refused, the upstream failed) lingers: see [`linger`].
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            linger(inner);
+        }
+    }
+}
+
+/// Most of an unwanted body read and discarded after the gateway answered.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// Longest the gateway keeps reading an unwanted body.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Read and discard what is left of a body the gateway will not use, for at
+/// most [`LINGER_BYTES`] and [`LINGER_TIME`], so a client still sending it
+/// reads the answer (a 413, a 401) instead of a connection reset — nginx's
+/// lingering close. Past either bound the body is dropped and the
+/// connection with it.
+pub fn linger(body: Incoming) {
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len());
+                if n >= left {
+                    break;
+                }
+                left -= n;
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// How paths are normalised, per listener.

@@ -458,6 +458,40 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    // An ordinary client writes its whole body before it reads; the gateway
+    // reads and discards the rest of a body it refused (a bounded linger),
+    // so the client sees the 413 or the 401 rather than a reset.
+    let t = topology("").await;
+    let yaml = std::fs::read_to_string(&t.gw.config_path).unwrap().replace(
+        "{ name: public, match: { host: open.example, path: \"/public/{*rest}\" }, upstream: public }",
+        "{ name: public, match: { host: open.example, path: \"/public/{*rest}\" }, upstream: public, max_body_bytes: 100 }",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = HttpClient::new();
+    let body = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    for _ in 0..5 {
+        let url = format!("http://{}/public/upload", gw.gateway.addrs()[0]);
+        let r = c
+            .send("POST", &url, &[("host", "open.example")], body.clone())
+            .await;
+        assert_eq!(r.status, 413);
+        // Under the listener's limit, refused by key-auth before it is read.
+        let url = format!("http://{}/admin/upload", gw.gateway.addrs()[0]);
+        let r = c
+            .send(
+                "POST",
+                &url,
+                &[("host", "open.example")],
+                body.slice(..512 * 1024),
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    assert!(t.public.take().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_stall_times_out_with_408() {
     let (addr_b, _rec) = recording_backend().await;
     let yaml = format!(
