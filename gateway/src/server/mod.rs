@@ -214,6 +214,48 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// A warning that a flood would repeat thousands of times a second: logged
+/// at most once a second, with how many occurrences the line stands for.
+struct Throttled {
+    epoch: std::sync::OnceLock<Instant>,
+    next_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Throttled {
+    const fn new() -> Throttled {
+        Throttled {
+            epoch: std::sync::OnceLock::new(),
+            next_ms: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one occurrence; `Some(n)` when it is time to log the `n`
+    /// occurrences since the last line.
+    fn allow(&self) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = self
+            .epoch
+            .get_or_init(Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_ms
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        Some(self.count.swap(0, Ordering::Relaxed))
+    }
+}
+
+static FD_WARNING: Throttled = Throttled::new();
+static ABUSE_WARNING: Throttled = Throttled::new();
+
 fn fd_exhausted(e: &io::Error) -> bool {
     // EMFILE (24) and ENFILE (23): out of descriptors, per process or system.
     matches!(e.raw_os_error(), Some(23) | Some(24))
@@ -237,7 +279,6 @@ pub async fn serve<H: Handler>(
         ended: Notify::new(),
     });
     let settings = Arc::new(settings);
-    let (mut last_log_ms, mut shed_since_log) = (0u64, 0u64);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -246,15 +287,10 @@ pub async fn serve<H: Handler>(
                     Err(e) => {
                         if fd_exhausted(&e) {
                             // Make room by closing the longest-idle
-                            // connection, then try again. Logged once a
-                            // second at most: a flood must not flood the log.
+                            // connection, then try again.
                             registry.shed_oldest_idle();
-                            shed_since_log += 1;
-                            let now = registry.now_ms();
-                            if now.saturating_sub(last_log_ms) >= 1000 {
-                                tracing::warn!(role = settings.role, error = %e, shed = shed_since_log, "out of file descriptors; shedding the oldest idle connections");
-                                last_log_ms = now;
-                                shed_since_log = 0;
+                            if let Some(shed) = FD_WARNING.allow() {
+                                tracing::warn!(role = settings.role, error = %e, shed, "out of file descriptors; shedding the oldest idle connections");
                             }
                         } else {
                             tracing::warn!(role = settings.role, error = %e, "accept failed");
@@ -616,9 +652,15 @@ impl AsyncRead for Prefixed {
         }
         if let Some(w) = &mut this.watch {
             if let Err(abuse) = w.frames.feed(&buf.filled()[before..]) {
-                tracing::warn!(client = %w.client, reason = %abuse, "HTTP/2 abuse: GOAWAY, then the connection is cut");
+                if let Some(connections) = ABUSE_WARNING.allow() {
+                    tracing::warn!(client = %w.client, reason = %abuse, connections, "HTTP/2 abuse: GOAWAY, then the connection is cut");
+                }
                 w.abused = true;
                 w.tracker.close(ABUSE);
+                // hyper never sees the read that crossed the line (it may
+                // hold a request start): no upstream call comes of it.
+                buf.set_filled(before);
+                return Poll::Pending;
             }
         }
         Poll::Ready(Ok(()))
