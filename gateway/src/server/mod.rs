@@ -235,11 +235,7 @@ impl Throttled {
     /// occurrences since the last line.
     fn allow(&self) -> Option<u64> {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let now = self
-            .epoch
-            .get_or_init(Instant::now)
-            .elapsed()
-            .as_millis() as u64;
+        let now = self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64;
         let next = self.next_ms.load(Ordering::Relaxed);
         if now < next
             || self
