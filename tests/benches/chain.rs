@@ -7,6 +7,10 @@
 //!   clone and the chain bookkeeping every request pays anyway.
 //! - `call/*`: one host→guest `on-request` call on a pooled instance, with a
 //!   request of 20 headers (and 0, to show what marshalling headers costs).
+//! - `policy/*`: the real policies, each alone and as the 3- and 5-policy
+//!   chains of `bench/run`, with `bench/run`'s configs (the limiter's limit far
+//!   above what is asked, so it does its work and never refuses). A policy's
+//!   cost is its figure minus `policy/none`.
 //!
 //! Run with `cargo bench -p wicket-tests --bench chain`.
 
@@ -46,6 +50,59 @@ fn config() -> String {
                 chain.join(", ")
             );
         }
+    }
+    yaml
+}
+
+/// The real policies with `bench/run`'s configs, in chain order.
+const POLICIES: [(&str, &str); 5] = [
+    ("key-auth", "{ keys: { \"bench-key-5f0c2a\": bench-client } }"),
+    (
+        "rate-limit",
+        "{ rate: 1000000000, burst: 1000000000, key: consumer }",
+    ),
+    ("degradation", "{}"),
+    ("circuit-breaker", "{}"),
+    (
+        "traffic-split",
+        "{ rules: [{ weight: 50, upstream: b2 }] }",
+    ),
+];
+
+/// Routes `/policy-<name>` with one real policy each, `/policy-3` (key-auth,
+/// rate-limit, traffic-split), `/policy-5` (all five) and `/policy-none`.
+fn policy_config() -> String {
+    use wicket_tests::plugins;
+    let modules = [
+        plugins::KEY_AUTH,
+        plugins::RATE_LIMIT,
+        plugins::DEGRADATION,
+        plugins::CIRCUIT_BREAKER,
+        plugins::TRAFFIC_SPLIT,
+    ];
+    let mut yaml =
+        String::from("listeners: [{ address: \"127.0.0.1:0\" }]\naccess_log: false\nplugins:\n");
+    for ((name, _), module) in POLICIES.iter().zip(modules) {
+        yaml += &format!("  {name}: {{ module: \"{module}\" }}\n");
+    }
+    yaml += "upstreams:\n  b: { endpoints: [{ address: \"127.0.0.1:9\" }] }\n";
+    yaml += "  b2: { endpoints: [{ address: \"127.0.0.1:9\" }] }\nroutes:\n";
+    let entry = |(name, config): &(&str, &str)| format!("{{ name: {name}, config: {config} }}");
+    let mut routes: Vec<(String, Vec<String>)> = POLICIES
+        .iter()
+        .map(|p| (p.0.to_string(), vec![entry(p)]))
+        .collect();
+    routes.push(("none".into(), vec![]));
+    routes.push((
+        "3".into(),
+        [0, 1, 4].iter().map(|&i| entry(&POLICIES[i])).collect(),
+    ));
+    routes.push(("5".into(), POLICIES.iter().map(entry).collect()));
+    for (name, chain) in routes {
+        yaml += &format!(
+            "  - {{ name: policy-{name}, match: {{ path: \"/policy-{name}\" }}, upstream: b, plugins: [{}] }}\n",
+            chain.join(", ")
+        );
     }
     yaml
 }
@@ -185,5 +242,63 @@ fn chains(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chains);
+/// The real policies, as `bench/run` configures them, through the chain code.
+fn policies(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let runtime = runtime();
+    let text = policy_config();
+    let cfg = wicket::config::parse(&text).expect("policy bench config parses");
+    let snapshot = rt
+        .block_on(Snapshot::build(
+            cfg,
+            &text,
+            std::path::Path::new("."),
+            &runtime,
+            1,
+            None,
+        ))
+        .unwrap_or_else(|e| panic!("policy bench config is valid: {e}"));
+    let outcome = UpstreamOutcome {
+        result: OutcomeResult::Status(200),
+        latency_us: 250,
+        endpoint: Some("127.0.0.1:9".into()),
+    };
+    let mut group = c.benchmark_group("policy");
+    let names = ["none", "key-auth", "rate-limit", "degradation", "circuit-breaker"];
+    for name in names.into_iter().chain(["traffic-split", "3", "5"]) {
+        let path = format!("/policy-{name}");
+        let (route, params) = snapshot
+            .lookup("api.example.com", &Method::GET, &path)
+            .expect("route exists");
+        let mut head = request(&path, 8);
+        head.headers.insert(
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("bench-key-5f0c2a"),
+        );
+        let info = Arc::new(RequestInfo {
+            scheme: "http",
+            authority: "api.example.com".into(),
+            client_addr: "127.0.0.1:50000".into(),
+            route: route.name.clone(),
+            path: path.clone(),
+            params: params.clone(),
+            request_id: wicket::request::RequestId::next(),
+        });
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut parts = head.clone();
+                let pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+                assert!(pass.short_circuit.is_none(), "{name} lets the request through");
+                let resp = http::Response::new(wicket::body::empty());
+                chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, chains, policies);
 criterion_main!(benches);
