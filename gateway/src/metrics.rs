@@ -138,23 +138,26 @@ impl Metrics {
             .get()
     }
 
-    /// A plugin's `counter-add`.
-    pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: Labels, value: u64) {
+    /// The counter a plugin's `counter-add` with this name and these labels
+    /// feeds, registered on first use; `None` when the name or labels are
+    /// invalid or the registry is full (the observation is dropped).
+    pub fn plugin_counter(&self, plugin: &str, name: &str, labels: Labels) -> Option<Counter> {
         // The exposition format adds `_total` to counters; don't double it.
         let base = name.strip_suffix("_total").unwrap_or(name);
-        let family = self.plugin_family(&self.plugin_counters, plugin, base, Family::default);
-        if let (Some(f), Some(labels)) = (family, plugin_labels(plugin, name, labels)) {
-            f.get_or_create(&labels).inc_by(value);
-        }
+        let family = self.plugin_family(&self.plugin_counters, plugin, base, Family::default)?;
+        let labels = plugin_labels(plugin, name, labels)?;
+        let counter = family.get_or_create(&labels).clone();
+        Some(counter)
     }
 
-    /// A plugin's `histogram-observe`.
-    pub fn plugin_histogram_observe(&self, plugin: &str, name: &str, labels: Labels, value: f64) {
+    /// The histogram a plugin's `histogram-observe` feeds; see
+    /// [`Metrics::plugin_counter`].
+    pub fn plugin_histogram(&self, plugin: &str, name: &str, labels: Labels) -> Option<Histogram> {
         let new = || HistogramFamily::new_with_constructor(latency_histogram);
-        let family = self.plugin_family(&self.plugin_histograms, plugin, name, new);
-        if let (Some(f), Some(labels)) = (family, plugin_labels(plugin, name, labels)) {
-            f.get_or_create(&labels).observe(value);
-        }
+        let family = self.plugin_family(&self.plugin_histograms, plugin, name, new)?;
+        let labels = plugin_labels(plugin, name, labels)?;
+        let histogram = family.get_or_create(&labels).clone();
+        Some(histogram)
     }
 
     /// The family `plugin_<name>` in `families`, registered on first use;
@@ -228,6 +231,55 @@ fn plugin_labels(plugin: &str, name: &str, mut labels: Labels) -> Option<Labels>
     }
     labels.push(("plugin".to_string(), plugin.to_string()));
     Some(labels)
+}
+
+/// One instance's handles to the plugin series it has reported, keyed by name
+/// and labels as the guest passed them: a repeated observation is one hash
+/// lookup instead of the registry's locks, name formatting and label copies.
+/// A refused series (bad name or labels, registry full) is remembered as
+/// `None`, so it is warned about once per instance. Bounded; past the bound
+/// observations take the registry's path uncached.
+pub struct SeriesCache<M> {
+    series: HashMap<(String, Labels), Option<M>>,
+}
+
+/// Series one instance keeps handles to.
+const MAX_CACHED_SERIES: usize = 256;
+
+impl<M: Clone> SeriesCache<M> {
+    /// An empty cache.
+    pub fn new() -> SeriesCache<M> {
+        SeriesCache {
+            series: HashMap::new(),
+        }
+    }
+
+    /// The series for `name` and `labels`, from the cache or from `lookup`
+    /// (the registry) on a miss.
+    pub fn get(
+        &mut self,
+        name: String,
+        labels: Labels,
+        lookup: impl FnOnce(&str, Labels) -> Option<M>,
+    ) -> Option<M> {
+        let key = (name, labels);
+        if let Some(m) = self.series.get(&key) {
+            return m.clone();
+        }
+        let (name, labels) = key;
+        if self.series.len() >= MAX_CACHED_SERIES {
+            return lookup(&name, labels);
+        }
+        let m = lookup(&name, labels.clone());
+        self.series.insert((name, labels), m.clone());
+        m
+    }
+}
+
+impl<M: Clone> Default for SeriesCache<M> {
+    fn default() -> Self {
+        SeriesCache::new()
+    }
 }
 
 /// One route's request counter and latency histogram, as handles into the

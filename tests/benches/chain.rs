@@ -56,17 +56,17 @@ fn config() -> String {
 
 /// The real policies with `bench/run`'s configs, in chain order.
 const POLICIES: [(&str, &str); 5] = [
-    ("key-auth", "{ keys: { \"bench-key-5f0c2a\": bench-client } }"),
+    (
+        "key-auth",
+        "{ keys: { \"bench-key-5f0c2a\": bench-client } }",
+    ),
     (
         "rate-limit",
         "{ rate: 1000000000, burst: 1000000000, key: consumer }",
     ),
     ("degradation", "{}"),
     ("circuit-breaker", "{}"),
-    (
-        "traffic-split",
-        "{ rules: [{ weight: 50, upstream: b2 }] }",
-    ),
+    ("traffic-split", "{ rules: [{ weight: 50, upstream: b2 }] }"),
 ];
 
 /// Routes `/policy-<name>` with one real policy each, `/policy-3` (key-auth,
@@ -267,7 +267,13 @@ fn policies(c: &mut Criterion) {
         endpoint: Some("127.0.0.1:9".into()),
     };
     let mut group = c.benchmark_group("policy");
-    let names = ["none", "key-auth", "rate-limit", "degradation", "circuit-breaker"];
+    let names = [
+        "none",
+        "key-auth",
+        "rate-limit",
+        "degradation",
+        "circuit-breaker",
+    ];
     for name in names.into_iter().chain(["traffic-split", "3", "5"]) {
         let path = format!("/policy-{name}");
         let (route, params) = snapshot
@@ -291,7 +297,10 @@ fn policies(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let mut parts = head.clone();
                 let pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
-                assert!(pass.short_circuit.is_none(), "{name} lets the request through");
+                assert!(
+                    pass.short_circuit.is_none(),
+                    "{name} lets the request through"
+                );
                 let resp = http::Response::new(wicket::body::empty());
                 chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await
             });

@@ -173,7 +173,8 @@ fn headers(
         .map(|h| {
             budget.take(h.name.len() + h.value.len())?;
             let name = header_name(&h.name)?;
-            let value = HeaderValue::from_bytes(&h.value).map_err(|_| {
+            // Validated in place: the guest's bytes become the value uncopied.
+            let value = HeaderValue::from_maybe_shared(Bytes::from(h.value)).map_err(|_| {
                 PluginError::InvalidOutput(format!("invalid value for header `{}`", h.name))
             })?;
             Ok((name, value))

@@ -11,9 +11,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{self, clock, gateway, log, metrics, state, types};
 use super::RequestInfo;
 use crate::clock::Clock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesCache};
 use crate::state::{CasOutcome, SharedState, StateError};
 use crate::upstream::Upstream;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// What every instance of a plugin shares.
 #[derive(Clone)]
@@ -37,6 +39,9 @@ pub(crate) struct HostState {
     pub(crate) call: Option<Call>,
     /// The configuration's upstream names, sorted, for `gateway.upstreams`.
     pub(crate) upstreams: Arc<[String]>,
+    /// Handles to the metric series this instance reports.
+    pub(crate) counters: SeriesCache<Counter>,
+    pub(crate) histograms: SeriesCache<Histogram>,
 }
 
 /// The request (and, for `on-response`, the response head) of the hook call
@@ -308,16 +313,24 @@ impl clock::Host for HostState {
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, labels: Vec<metrics::Label>, value: u64) {
         let labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
-        self.ctx
-            .metrics
-            .plugin_counter_add(&self.ctx.plugin, &name, labels, value);
+        let (registry, plugin) = (&self.ctx.metrics, &self.ctx.plugin);
+        let counter = self.counters.get(name, labels, |name, labels| {
+            registry.plugin_counter(plugin, name, labels)
+        });
+        if let Some(c) = counter {
+            c.inc_by(value);
+        }
     }
 
     fn histogram_observe(&mut self, name: String, labels: Vec<metrics::Label>, value: f64) {
         let labels = labels.into_iter().map(|l| (l.name, l.value)).collect();
-        self.ctx
-            .metrics
-            .plugin_histogram_observe(&self.ctx.plugin, &name, labels, value);
+        let (registry, plugin) = (&self.ctx.metrics, &self.ctx.plugin);
+        let histogram = self.histograms.get(name, labels, |name, labels| {
+            registry.plugin_histogram(plugin, name, labels)
+        });
+        if let Some(h) = histogram {
+            h.observe(value);
+        }
     }
 }
 

@@ -366,6 +366,8 @@ impl Plugin {
             ticks_left: 0,
             call: None,
             upstreams: upstreams.clone(),
+            counters: Default::default(),
+            histograms: Default::default(),
         };
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use wicket_plugin_sdk::config::{header_name, is_token, parse_object};
 
+use crate::hash::Seeds;
 use crate::rewrite::{RawRewrite, Rewrite};
 use crate::split::{Rule, StickyKey, ValueMatch};
 
@@ -71,6 +72,9 @@ pub(crate) struct TrafficSplit {
     /// Response header naming the upstream that served; `None` adds none.
     pub(crate) upstream_header: Option<String>,
     pub(crate) consumer_header: String,
+    /// Whether any rule is weighted (only then is a seed drawn).
+    pub(crate) weighted: bool,
+    pub(crate) seeds: Seeds,
 }
 
 impl TrafficSplit {
@@ -123,11 +127,14 @@ impl TrafficSplit {
         let consumer_header = header_name("consumer_header", &raw.consumer_header)?;
 
         Ok(TrafficSplit {
+            weighted: rules.iter().any(|r| r.weight.is_some()),
             rules,
             sticky_key,
             rewrite,
             upstream_header,
             consumer_header,
+            // `init` starts the sequence from the clock.
+            seeds: Seeds::new(0),
         })
     }
 }

@@ -23,7 +23,8 @@ impl Plugin for TrafficSplit {
     }
 
     fn init(config: &str) -> Result<Self, String> {
-        let split = TrafficSplit::from_json(config)?;
+        let mut split = TrafficSplit::from_json(config)?;
+        split.seeds = hash::Seeds::new(clock::monotonic_ns() ^ clock::now_ms().rotate_left(32));
         // A misspelt upstream is a configuration error, not a 500 later.
         split.check_upstreams(&gateway::upstreams())?;
         Ok(split)
@@ -31,11 +32,7 @@ impl Plugin for TrafficSplit {
 
     fn on_request(&self, request: &Request) -> RequestAction {
         // The clock is only read when a weighted rule may need a roll.
-        let seed = if self.rules.iter().any(|r| r.weight.is_some()) {
-            hash::request_seed(clock::monotonic_ns(), request)
-        } else {
-            0
-        };
+        let seed = if self.weighted { self.seeds.next() } else { 0 };
         let decision = self.route(request, seed);
         let served_by = decision.upstream.unwrap_or(request.upstream());
         count(request.route(), served_by);
