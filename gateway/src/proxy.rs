@@ -24,7 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::chain;
 use crate::error::ProxyError;
 use crate::plugin::{OutcomeResult, RequestInfo, UpstreamOutcome};
@@ -221,11 +221,10 @@ async fn call_upstream(
     let sent = Instant::now();
     let result = upstream.send(endpoint, req).await;
     let latency_us = sent.elapsed().as_micros() as u64;
-    let endpoint = Some(endpoint.to_string());
+    let endpoint = Some(endpoint.addr().to_string());
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let mut resp = resp.map(body::boxed);
             strip_hop_by_hop(resp.headers_mut());
             (
                 outcome(OutcomeResult::Status(status), latency_us, endpoint),

@@ -1,16 +1,17 @@
-//! Upstreams: named groups of endpoints, how one is picked, and the pooled
-//! keep-alive client that sends requests to them with deadlines.
+//! Upstreams: named groups of endpoints, how one is picked, and sending a
+//! request to one with deadlines over its pooled keep-alive connections
+//! ([`pool`]).
+
+mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::body::Body;
 use crate::config::{Balance, UpstreamConfig};
+use pool::EndpointPool;
 
 /// How an upstream call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,11 +50,10 @@ impl UpstreamErrorKind {
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<Arc<EndpointPool>>,
     /// Endpoint indices in pick order; one full cycle honours the weights.
     schedule: Vec<usize>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Body>,
     request_timeout: Duration,
     config: UpstreamConfig,
 }
@@ -92,20 +92,22 @@ impl Upstream {
             Balance::Weighted => cfg.endpoints.iter().map(|e| e.weight).collect(),
         };
         let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                Arc::new(EndpointPool::new(
+                    e.address,
+                    cfg.max_idle_per_endpoint,
+                    connect_timeout,
+                ))
+            })
+            .collect();
         Ok(Upstream {
             name: name.to_string(),
-            endpoints: cfg.endpoints.iter().map(|e| e.address).collect(),
+            endpoints,
             schedule: smooth_weighted_schedule(&weights),
             next: AtomicUsize::new(0),
-            client,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             config: cfg.clone(),
         })
@@ -123,62 +125,37 @@ impl Upstream {
     }
 
     /// Pick the next endpoint.
-    pub fn pick(&self) -> Option<SocketAddr> {
+    pub fn pick(&self) -> Option<Endpoint<'_>> {
         if self.schedule.is_empty() {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[self.schedule[n % self.schedule.len()]])
+        Some(Endpoint(&self.endpoints[self.schedule[n % self.schedule.len()]]))
     }
 
-    /// Send `req` (whose URI carries path and query only) to `endpoint`, with
-    /// the connect and response-head deadlines.
+    /// Send `req` (origin-form URI: path and query; `Host` set) to `endpoint`
+    /// and wait for the response head, within the request deadline (connect
+    /// included; the connect deadline also applies on its own).
     pub async fn send(
         &self,
-        endpoint: SocketAddr,
-        mut req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamErrorKind> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: http::Uri = format!("http://{endpoint}{pq}")
-            .parse()
-            .map_err(|_| UpstreamErrorKind::Protocol)?;
-        *req.uri_mut() = uri;
-        // The connect deadline is enforced by the connector; this one bounds
-        // the whole wait for the response head, connect included.
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        endpoint: Endpoint<'_>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        match tokio::time::timeout(self.request_timeout, endpoint.0.send(req)).await {
             Err(_) => Err(UpstreamErrorKind::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(result) => result,
         }
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut timed_out = false;
-    let mut hyper_err = None;
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            hyper_err = Some(h);
-        }
-        source = s.source();
-    }
-    if timed_out {
-        return UpstreamErrorKind::Timeout;
-    }
-    if e.is_connect() {
-        return UpstreamErrorKind::ConnectFailed;
-    }
-    match hyper_err {
-        Some(h) if h.is_parse() || h.is_parse_status() => UpstreamErrorKind::Protocol,
-        _ => UpstreamErrorKind::Reset,
+/// One endpoint of an upstream, as [`Upstream::pick`] chose it.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'u>(&'u Arc<EndpointPool>);
+
+impl Endpoint<'_> {
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 }
 

@@ -1,0 +1,219 @@
+//! Keep-alive HTTP/1.1 connections to one endpoint, on hyper's client
+//! connection API: connect, reuse, and the retry of a request that a pooled
+//! connection closed before it was written.
+//!
+//! A connection is checked out for one exchange and comes back when its
+//! response body has been read to the end ([`PooledBody`]); a body dropped
+//! half-read takes its connection with it, as hyper must close it. Idle
+//! connections older than [`IDLE_TIMEOUT`] are dropped when the pool is next
+//! touched, and at most `max_idle` are kept.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::UpstreamErrorKind;
+use crate::body::{Body, BodyError};
+
+/// How long an idle connection is kept for reuse.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Sender = http1::SendRequest<Body>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections to one endpoint.
+pub(crate) struct EndpointPool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl EndpointPool {
+    pub(crate) fn new(addr: SocketAddr, max_idle: usize, connect_timeout: Duration) -> EndpointPool {
+        EndpointPool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            connect_timeout,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Send `req` (origin-form URI, `Host` set) and wait for the response
+    /// head. A pooled connection that turns out closed before the request was
+    /// written is replaced by a new one, once: the request never reached the
+    /// endpoint, so this is safe for any method.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        let (mut sender, mut reused) = match self.checkout() {
+            Some(s) => (s, true),
+            None => (self.connect().await?, false),
+        };
+        // A connection comes back when its last body ends, a moment before
+        // its task has seen that end: wait for it rather than open another.
+        if reused && sender.ready().await.is_err() {
+            sender = self.connect().await?;
+            reused = false;
+        }
+        let mut req = req;
+        for attempt in 0..2 {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    // A response without a body (204, 304, `Content-Length: 0`)
+                    // may never be polled: its connection is free now.
+                    if resp.body().is_end_stream() {
+                        self.put(sender);
+                        return Ok(resp.map(crate::body::boxed));
+                    }
+                    let pool = self.clone();
+                    return Ok(resp.map(|body| {
+                        crate::body::boxed(PooledBody {
+                            inner: body,
+                            give_back: Some((pool, sender)),
+                        })
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused && attempt == 0 => {
+                        tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
+                        req = unsent;
+                        sender = self.connect().await?;
+                    }
+                    _ => return Err(classify(e.error())),
+                },
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Return a connection whose exchange has finished.
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { sender, since: now });
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamErrorKind> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+        {
+            Err(_) => return Err(UpstreamErrorKind::Timeout),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %self.addr, error = %e, "upstream connect failed");
+                return Err(UpstreamErrorKind::ConnectFailed);
+            }
+            Ok(Ok(s)) => s,
+        };
+        // Request heads are small and written whole; Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| classify(&e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// What a failed exchange means for the caller.
+fn classify(e: &hyper::Error) -> UpstreamErrorKind {
+    if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        UpstreamErrorKind::Protocol
+    } else {
+        UpstreamErrorKind::Reset
+    }
+}
+
+/// A response body that gives its connection back to the pool once read to
+/// the end.
+struct PooledBody {
+    inner: Incoming,
+    give_back: Option<(Arc<EndpointPool>, Sender)>,
+}
+
+impl PooledBody {
+    fn finished(&mut self) {
+        if let Some((pool, sender)) = self.give_back.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finished(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finished(),
+            // A broken body breaks its connection: never pool it.
+            Poll::Ready(Some(Err(_))) => this.give_back = None,
+            _ => {}
+        }
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
