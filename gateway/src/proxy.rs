@@ -60,7 +60,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
         authority,
-        client_addr: conn.client.to_string(),
+        client: conn.client,
         route: route.name.clone(),
         path: parts.uri.path().to_string(),
         params,
@@ -137,19 +137,29 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the `Connection` header nominates are hop-by-hop too.
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+    // Headers the `Connection` header nominates are hop-by-hop too (most
+    // messages have none: no list is built for them).
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in &nominated {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::PROXY_AUTHENTICATE);
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &str) {
     strip_hop_by_hop(&mut parts.headers);
@@ -162,26 +172,27 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
     // The authority routed is the authority forwarded, in `Host` and
     // `X-Forwarded-Host` alike.
     if let Ok(v) = HeaderValue::from_str(authority) {
-        parts.headers.insert("x-forwarded-host", v.clone());
+        parts.headers.insert(X_FORWARDED_HOST, v.clone());
         parts.headers.insert(header::HOST, v);
     }
     // Append to X-Forwarded-For (as nginx's $proxy_add_x_forwarded_for does);
-    // set Proto to what this hop saw.
-    let ip = conn.client.ip().to_string();
-    let xff = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
+    // set Proto to what this hop saw. Written once into one buffer that
+    // becomes the header value uncopied.
+    let mut xff = bytes::BytesMut::with_capacity(64);
+    if let Some(prev) = parts.headers.get(X_FORWARDED_FOR) {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
     {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+        use std::fmt::Write;
+        let _ = write!(xff, "{}", conn.client.ip());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
 }
 
 fn skipped() -> UpstreamOutcome {
@@ -253,7 +264,7 @@ async fn call_upstream(
 }
 
 fn body_refused(info: &RequestInfo, refusal: request::Refusal) -> ProxyError {
-    tracing::info!(request_id = %info.request_id, client = %info.client_addr, reason = %refusal, "request body refused");
+    tracing::info!(request_id = %info.request_id, client = %info.client, reason = %refusal, "request body refused");
     ProxyError::Refused(refusal)
 }
 

@@ -177,7 +177,7 @@ fn chains(c: &mut Criterion) {
             let info = Arc::new(RequestInfo {
                 scheme: "http",
                 authority: "api.example.com".into(),
-                client_addr: "127.0.0.1:50000".into(),
+                client: "127.0.0.1:50000".parse().expect("address"),
                 route: route.name.clone(),
                 path: path.clone(),
                 params: params.clone(),
@@ -214,7 +214,7 @@ fn chains(c: &mut Criterion) {
     let info = Arc::new(RequestInfo {
         scheme: "http",
         authority: "api.example.com".into(),
-        client_addr: "127.0.0.1:50000".into(),
+        client: "127.0.0.1:50000".parse().expect("address"),
         route: route.name.clone(),
         path: "/pooled-1".into(),
         params,
@@ -287,7 +287,7 @@ fn policies(c: &mut Criterion) {
         let info = Arc::new(RequestInfo {
             scheme: "http",
             authority: "api.example.com".into(),
-            client_addr: "127.0.0.1:50000".into(),
+            client: "127.0.0.1:50000".parse().expect("address"),
             route: route.name.clone(),
             path: path.clone(),
             params: params.clone(),

@@ -204,7 +204,7 @@ impl types::HostRequest for HostState {
     }
 
     fn client_addr(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
-        Ok(self.current()?.info.client_addr.clone())
+        Ok(self.current()?.info.client.to_string())
     }
 
     fn route(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
@@ -238,7 +238,7 @@ impl types::HostRequest for HostState {
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
             headers: all_headers(&parts.headers),
-            client_addr: info.client_addr.clone(),
+            client_addr: info.client.to_string(),
             route: info.route.to_string(),
             params: params(info),
             upstream: call.upstream.name().to_string(),

@@ -698,8 +698,8 @@ pub struct RequestInfo {
     pub scheme: &'static str,
     /// Host as the client sent it.
     pub authority: String,
-    /// `ip:port` of the client.
-    pub client_addr: String,
+    /// The client's address (formatted only when a plugin asks).
+    pub client: std::net::SocketAddr,
     /// Matched route name.
     pub route: Arc<str>,
     /// The path the route matched, as the client sent it; `params` are

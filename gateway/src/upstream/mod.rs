@@ -130,7 +130,9 @@ impl Upstream {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(Endpoint(&self.endpoints[self.schedule[n % self.schedule.len()]]))
+        Some(Endpoint(
+            &self.endpoints[self.schedule[n % self.schedule.len()]],
+        ))
     }
 
     /// Send `req` (origin-form URI: path and query; `Host` set) to `endpoint`

@@ -51,7 +51,11 @@ impl std::fmt::Debug for EndpointPool {
 }
 
 impl EndpointPool {
-    pub(crate) fn new(addr: SocketAddr, max_idle: usize, connect_timeout: Duration) -> EndpointPool {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        max_idle: usize,
+        connect_timeout: Duration,
+    ) -> EndpointPool {
         EndpointPool {
             addr,
             idle: Mutex::new(Vec::new()),
@@ -138,16 +142,15 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<Sender, UpstreamErrorKind> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-            .await
-        {
-            Err(_) => return Err(UpstreamErrorKind::Timeout),
-            Ok(Err(e)) => {
-                tracing::debug!(endpoint = %self.addr, error = %e, "upstream connect failed");
-                return Err(UpstreamErrorKind::ConnectFailed);
-            }
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+                Err(_) => return Err(UpstreamErrorKind::Timeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(endpoint = %self.addr, error = %e, "upstream connect failed");
+                    return Err(UpstreamErrorKind::ConnectFailed);
+                }
+                Ok(Ok(s)) => s,
+            };
         // Request heads are small and written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::handshake(TokioIo::new(stream))

@@ -58,7 +58,7 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
     let info = Arc::new(RequestInfo {
         scheme: "http",
         authority: "test".into(),
-        client_addr: "127.0.0.1:1".into(),
+        client: "127.0.0.1:1".parse().expect("address"),
         route: Arc::from("r"),
         path: "/".into(),
         params: Default::default(),

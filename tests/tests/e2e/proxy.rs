@@ -245,3 +245,92 @@ routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
     assert_eq!(r.status, 502);
     assert_eq!(c.get(&gw.url("/ok"), &[]).await.status, 200);
 }
+
+/// A raw HTTP/1.1 backend answering `200 ok`: with `close_after_one`, each
+/// connection's first request is answered with keep-alive semantics and the
+/// connection then closed, so every pooled connection goes stale; otherwise
+/// each connection serves requests until the peer leaves. Returns the address
+/// and how many connections it accepted.
+async fn counting_backend(
+    close_after_one: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    // Requests without bodies: each ends at its blank line.
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        // No `Connection: close` even when closing: the
+                        // gateway pools the connection and must find it dead.
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() || close_after_one {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn single_upstream(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+upstreams:
+  b: {{ endpoints: [{{ address: "{addr}" }}] }}
+routes:
+  - {{ name: all, match: {{ path: "/{{*rest}}" }}, upstream: b }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_replaced() {
+    let (addr, accepted) = counting_backend(true).await;
+    let gw = TestGateway::start(&single_upstream(addr)).await;
+    let c = HttpClient::new();
+    for i in 0..20 {
+        let r = c.get(&gw.url(&format!("/n/{i}")), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        // Back to back and after a pause: a stale connection is found closed
+        // either before it is used or when the request cannot be written.
+        if i % 2 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let (addr, accepted) = counting_backend(false).await;
+    let gw = TestGateway::start(&single_upstream(addr)).await;
+    let c = HttpClient::new();
+    // Bodies of every kind end their exchange: empty, and read to the end.
+    for i in 0..10 {
+        let r = c.get(&gw.url(&format!("/n/{i}")), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"ok");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
