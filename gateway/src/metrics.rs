@@ -356,4 +356,46 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
     }
+
+    #[test]
+    fn cached_series_count_into_the_registry_and_refusals_stay_refused() {
+        let metrics = Metrics::new();
+        let mut cache = SeriesCache::new();
+        let labels = || vec![("outcome".to_string(), "allowed".to_string())];
+        let mut lookups = 0;
+        for _ in 0..3 {
+            let c = cache.get("decisions".into(), labels(), |name, l| {
+                lookups += 1;
+                metrics.plugin_counter("auth", name, l)
+            });
+            c.expect("a valid series").inc();
+        }
+        assert_eq!(lookups, 1, "the registry is asked once per series");
+        // An invalid name is refused once and then answered from the cache.
+        for _ in 0..2 {
+            let c = cache.get("Bad-Name".into(), vec![], |name, l| {
+                lookups += 1;
+                metrics.plugin_counter("auth", name, l)
+            });
+            assert!(c.is_none());
+        }
+        assert_eq!(lookups, 2);
+        let text = metrics.encode();
+        let line = r#"plugin_decisions_total{outcome="allowed",plugin="auth"} 3"#;
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+
+    #[test]
+    fn the_series_cache_is_bounded() {
+        let metrics = Metrics::new();
+        let mut cache = SeriesCache::new();
+        for i in 0..MAX_CACHED_SERIES + 10 {
+            let labels = vec![("n".to_string(), i.to_string())];
+            let c = cache.get("many".into(), labels, |name, l| {
+                metrics.plugin_counter("p", name, l)
+            });
+            c.expect("counted past the bound too").inc();
+        }
+        assert_eq!(cache.series.len(), MAX_CACHED_SERIES);
+    }
 }

@@ -15,17 +15,20 @@ use std::hash::BuildHasher;
 
 use subtle::ConstantTimeEq;
 
+/// The accepted keys sharing one keyed hash, each with its consumer.
+type Bucket = Vec<(Box<[u8]>, String)>;
+
 /// Accepted keys, each with the consumer it authenticates.
 pub(crate) struct KeyTable {
     hasher: RandomState,
     /// Keyed hash → (key, consumer) of each accepted key with that hash.
-    by_hash: HashMap<u64, Vec<(Box<[u8]>, String)>>,
+    by_hash: HashMap<u64, Bucket>,
 }
 
 impl KeyTable {
     pub(crate) fn new<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> KeyTable {
         let hasher = RandomState::new();
-        let mut by_hash: HashMap<u64, Vec<(Box<[u8]>, String)>> = HashMap::new();
+        let mut by_hash: HashMap<u64, Bucket> = HashMap::new();
         for (key, consumer) in entries {
             by_hash
                 .entry(hasher.hash_one(key.as_bytes()))
