@@ -16,6 +16,9 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 /// Most distinct plugin metric names, so a plugin cannot grow the registry
 /// without bound.
 const MAX_PLUGIN_METRICS: usize = 256;
+/// Most label sets all plugin metrics may hold together: a plugin that puts
+/// request data into label values must not grow the registry without bound.
+const MAX_PLUGIN_SERIES: usize = 10_000;
 /// Most labels per plugin observation.
 const MAX_LABELS: usize = 8;
 
@@ -32,6 +35,9 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     plugin_counters: RwLock<HashMap<String, Family<Labels, Counter>>>,
     plugin_histograms: RwLock<HashMap<String, HistogramFamily>>,
+    /// Label sets plugin metrics hold, against [`MAX_PLUGIN_SERIES`].
+    plugin_series: std::sync::atomic::AtomicUsize,
+    series_full_warned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +88,8 @@ impl Metrics {
             reloads,
             plugin_counters: RwLock::new(HashMap::new()),
             plugin_histograms: RwLock::new(HashMap::new()),
+            plugin_series: Default::default(),
+            series_full_warned: Default::default(),
         }
     }
 
@@ -146,6 +154,10 @@ impl Metrics {
         let base = name.strip_suffix("_total").unwrap_or(name);
         let family = self.plugin_family(&self.plugin_counters, plugin, base, Family::default)?;
         let labels = plugin_labels(plugin, name, labels)?;
+        if let Some(c) = family.get(&labels) {
+            return Some(c.clone());
+        }
+        self.admit_series(plugin, name)?;
         let counter = family.get_or_create(&labels).clone();
         Some(counter)
     }
@@ -156,8 +168,31 @@ impl Metrics {
         let new = || HistogramFamily::new_with_constructor(latency_histogram);
         let family = self.plugin_family(&self.plugin_histograms, plugin, name, new)?;
         let labels = plugin_labels(plugin, name, labels)?;
+        if let Some(h) = family.get(&labels) {
+            return Some(h.clone());
+        }
+        self.admit_series(plugin, name)?;
         let histogram = family.get_or_create(&labels).clone();
         Some(histogram)
+    }
+
+    /// Count one new plugin series; `None` once the registry holds
+    /// [`MAX_PLUGIN_SERIES`] (warned about once).
+    fn admit_series(&self, plugin: &str, name: &str) -> Option<()> {
+        use std::sync::atomic::Ordering;
+        if self.plugin_series.fetch_add(1, Ordering::Relaxed) < MAX_PLUGIN_SERIES {
+            return Some(());
+        }
+        self.plugin_series.fetch_sub(1, Ordering::Relaxed);
+        if !self.series_full_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                plugin,
+                name,
+                max = MAX_PLUGIN_SERIES,
+                "too many plugin metric series; new label sets are dropped"
+            );
+        }
+        None
     }
 
     /// The family `plugin_<name>` in `families`, registered on first use;
@@ -397,5 +432,20 @@ mod tests {
             c.expect("counted past the bound too").inc();
         }
         assert_eq!(cache.series.len(), MAX_CACHED_SERIES);
+    }
+
+    #[test]
+    fn plugin_series_are_bounded() {
+        let metrics = Metrics::new();
+        let series = |i: usize| vec![("n".to_string(), i.to_string())];
+        for i in 0..MAX_PLUGIN_SERIES {
+            assert!(metrics.plugin_counter("p", "many", series(i)).is_some());
+        }
+        assert!(metrics
+            .plugin_counter("p", "many", series(MAX_PLUGIN_SERIES))
+            .is_none());
+        assert!(metrics.plugin_histogram("p", "lat", series(0)).is_none());
+        // Series already held keep counting.
+        assert!(metrics.plugin_counter("p", "many", series(7)).is_some());
     }
 }
