@@ -153,13 +153,7 @@ impl Metrics {
         // The exposition format adds `_total` to counters; don't double it.
         let base = name.strip_suffix("_total").unwrap_or(name);
         let family = self.plugin_family(&self.plugin_counters, plugin, base, Family::default)?;
-        let labels = plugin_labels(plugin, name, labels)?;
-        if let Some(c) = family.get(&labels) {
-            return Some(c.clone());
-        }
-        self.admit_series(plugin, name)?;
-        let counter = family.get_or_create(&labels).clone();
-        Some(counter)
+        self.plugin_series(&family, plugin, name, labels)
     }
 
     /// The histogram a plugin's `histogram-observe` feeds; see
@@ -167,13 +161,29 @@ impl Metrics {
     pub fn plugin_histogram(&self, plugin: &str, name: &str, labels: Labels) -> Option<Histogram> {
         let new = || HistogramFamily::new_with_constructor(latency_histogram);
         let family = self.plugin_family(&self.plugin_histograms, plugin, name, new)?;
+        self.plugin_series(&family, plugin, name, labels)
+    }
+
+    /// The series of `family` for `labels` (with the `plugin` label added),
+    /// created when the registry still has room for a new one.
+    fn plugin_series<M, C>(
+        &self,
+        family: &Family<Labels, M, C>,
+        plugin: &str,
+        name: &str,
+        labels: Labels,
+    ) -> Option<M>
+    where
+        M: Clone,
+        C: prometheus_client::metrics::family::MetricConstructor<M>,
+    {
         let labels = plugin_labels(plugin, name, labels)?;
-        if let Some(h) = family.get(&labels) {
-            return Some(h.clone());
+        if let Some(m) = family.get(&labels) {
+            return Some(m.clone());
         }
         self.admit_series(plugin, name)?;
-        let histogram = family.get_or_create(&labels).clone();
-        Some(histogram)
+        let m = family.get_or_create(&labels).clone();
+        Some(m)
     }
 
     /// Count one new plugin series; `None` once the registry holds

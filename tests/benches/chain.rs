@@ -144,24 +144,43 @@ fn request(path: &str, headers: usize) -> http::request::Parts {
     req.body(()).expect("valid request").into_parts().0
 }
 
+/// The snapshot `text` describes, built as a reload would build it.
+fn snapshot(rt: &tokio::runtime::Runtime, text: &str) -> Snapshot {
+    let cfg = wicket::config::parse(text).expect("bench config parses");
+    rt.block_on(Snapshot::build(
+        cfg,
+        text,
+        std::path::Path::new("."),
+        &runtime(),
+        1,
+        None,
+    ))
+    .unwrap_or_else(|e| panic!("bench config is valid: {e}"))
+}
+
+/// What routing decided for a request to `path` on `route`.
+fn info(
+    route: &wicket::snapshot::Route,
+    path: &str,
+    params: wicket::router::Params,
+) -> Arc<RequestInfo> {
+    Arc::new(RequestInfo {
+        scheme: "http",
+        authority: "api.example.com".into(),
+        client: "127.0.0.1:50000".parse().expect("address"),
+        route: route.name.clone(),
+        path: path.into(),
+        params,
+        request_id: wicket::request::RequestId::next(),
+    })
+}
+
 fn chains(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let runtime = runtime();
-    let text = config();
-    let cfg = wicket::config::parse(&text).expect("bench config parses");
-    let snapshot = rt
-        .block_on(Snapshot::build(
-            cfg,
-            &text,
-            std::path::Path::new("."),
-            &runtime,
-            1,
-            None,
-        ))
-        .unwrap_or_else(|e| panic!("bench config is valid: {e}"));
+    let snapshot = snapshot(&rt, &config());
 
     let mut group = c.benchmark_group("chain");
     for kind in ["pooled", "per-request"] {
@@ -174,15 +193,7 @@ fn chains(c: &mut Criterion) {
                 .lookup("api.example.com", &Method::GET, &path)
                 .expect("route exists");
             let head = request(&path, 8);
-            let info = Arc::new(RequestInfo {
-                scheme: "http",
-                authority: "api.example.com".into(),
-                client: "127.0.0.1:50000".parse().expect("address"),
-                route: route.name.clone(),
-                path: path.clone(),
-                params: params.clone(),
-                request_id: wicket::request::RequestId::next(),
-            });
+            let info = info(route, &path, params.clone());
             let outcome = UpstreamOutcome {
                 result: OutcomeResult::Status(200),
                 latency_us: 250,
@@ -211,15 +222,7 @@ fn chains(c: &mut Criterion) {
         .expect("route exists");
     let pool = &route.chain[0];
     let upstream = snapshot.upstream("b").expect("upstream b");
-    let info = Arc::new(RequestInfo {
-        scheme: "http",
-        authority: "api.example.com".into(),
-        client: "127.0.0.1:50000".parse().expect("address"),
-        route: route.name.clone(),
-        path: "/pooled-1".into(),
-        params,
-        request_id: wicket::request::RequestId::next(),
-    });
+    let info = info(route, "/pooled-1", params);
     for headers in [0, 20] {
         // The head is lent to the call and returned by it, so one copy serves
         // every iteration; the RefCell only carries it into criterion's
@@ -248,19 +251,7 @@ fn policies(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let runtime = runtime();
-    let text = policy_config();
-    let cfg = wicket::config::parse(&text).expect("policy bench config parses");
-    let snapshot = rt
-        .block_on(Snapshot::build(
-            cfg,
-            &text,
-            std::path::Path::new("."),
-            &runtime,
-            1,
-            None,
-        ))
-        .unwrap_or_else(|e| panic!("policy bench config is valid: {e}"));
+    let snapshot = snapshot(&rt, &policy_config());
     let outcome = UpstreamOutcome {
         result: OutcomeResult::Status(200),
         latency_us: 250,
@@ -284,15 +275,7 @@ fn policies(c: &mut Criterion) {
             HeaderName::from_static("x-api-key"),
             HeaderValue::from_static("bench-key-5f0c2a"),
         );
-        let info = Arc::new(RequestInfo {
-            scheme: "http",
-            authority: "api.example.com".into(),
-            client: "127.0.0.1:50000".parse().expect("address"),
-            route: route.name.clone(),
-            path: path.clone(),
-            params: params.clone(),
-            request_id: wicket::request::RequestId::next(),
-        });
+        let info = info(route, &path, params.clone());
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let mut parts = head.clone();

@@ -86,35 +86,42 @@ impl EndpointPool {
             sender = self.connect().await?;
             reused = false;
         }
-        let mut req = req;
-        for attempt in 0..2 {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    // A response without a body (204, 304, `Content-Length: 0`)
-                    // may never be polled: its connection is free now.
-                    if resp.body().is_end_stream() {
-                        self.put(sender);
-                        return Ok(resp.map(crate::body::boxed));
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.pooled(resp, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
+                    let mut sender = self.connect().await?;
+                    match sender.send_request(unsent).await {
+                        Ok(resp) => Ok(self.pooled(resp, sender)),
+                        Err(e) => Err(classify(&e)),
                     }
-                    let pool = self.clone();
-                    return Ok(resp.map(|body| {
-                        crate::body::boxed(PooledBody {
-                            inner: body,
-                            give_back: Some((pool, sender)),
-                        })
-                    }));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused && attempt == 0 => {
-                        tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
-                        req = unsent;
-                        sender = self.connect().await?;
-                    }
-                    _ => return Err(classify(e.error())),
-                },
-            }
+                _ => Err(classify(e.error())),
+            },
         }
-        unreachable!("the second attempt returns")
+    }
+
+    /// The response, its body tied to `sender` so the connection comes back
+    /// when the body ends.
+    fn pooled(
+        self: &Arc<Self>,
+        resp: http::Response<Incoming>,
+        sender: Sender,
+    ) -> http::Response<Body> {
+        // A response without a body (204, 304, `Content-Length: 0`) may never
+        // be polled: its connection is free now.
+        if resp.body().is_end_stream() {
+            self.put(sender);
+            return resp.map(crate::body::boxed);
+        }
+        let pool = self.clone();
+        resp.map(|body| {
+            crate::body::boxed(PooledBody {
+                inner: body,
+                give_back: Some((pool, sender)),
+            })
+        })
     }
 
     /// The most recently used idle connection that is still open, if any.

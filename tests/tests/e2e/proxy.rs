@@ -326,7 +326,8 @@ async fn upstream_connections_are_reused() {
     let (addr, accepted) = counting_backend(false).await;
     let gw = TestGateway::start(&single_upstream(addr)).await;
     let c = HttpClient::new();
-    // Bodies of every kind end their exchange: empty, and read to the end.
+    // Each exchange ends when its body has been read: the one connection
+    // serves them all.
     for i in 0..10 {
         let r = c.get(&gw.url(&format!("/n/{i}")), &[]).await;
         assert_eq!(r.status, 200);

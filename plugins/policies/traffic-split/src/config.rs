@@ -72,8 +72,6 @@ pub(crate) struct TrafficSplit {
     /// Response header naming the upstream that served; `None` adds none.
     pub(crate) upstream_header: Option<String>,
     pub(crate) consumer_header: String,
-    /// Whether any rule is weighted (only then is a seed drawn).
-    pub(crate) weighted: bool,
     pub(crate) seeds: Seeds,
 }
 
@@ -127,7 +125,6 @@ impl TrafficSplit {
         let consumer_header = header_name("consumer_header", &raw.consumer_header)?;
 
         Ok(TrafficSplit {
-            weighted: rules.iter().any(|r| r.weight.is_some()),
             rules,
             sticky_key,
             rewrite,

@@ -31,8 +31,8 @@ impl Plugin for TrafficSplit {
     }
 
     fn on_request(&self, request: &Request) -> RequestAction {
-        // The clock is only read when a weighted rule may need a roll.
-        let seed = if self.weighted { self.seeds.next() } else { 0 };
+        // A seed costs no host call; rules without a weight ignore it.
+        let seed = self.seeds.next();
         let decision = self.route(request, seed);
         let served_by = decision.upstream.unwrap_or(request.upstream());
         count(request.route(), served_by);
