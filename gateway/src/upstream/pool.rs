@@ -6,8 +6,10 @@
 //! response body has been read to the end ([`PooledBody`]); a body dropped
 //! half-read takes its connection with it, as hyper must close it. Idle
 //! connections older than [`IDLE_TIMEOUT`] are dropped when the pool is next
-//! touched, and at most `max_idle` are kept.
+//! touched, and at most `max_idle` are kept. A request that has to open a
+//! connection takes a returned one instead if it comes first.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::UpstreamErrorKind;
 use crate::body::{Body, BodyError};
@@ -34,10 +37,20 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections to one endpoint.
+#[derive(Default)]
+struct Slots {
+    /// Most recently returned last.
+    idle: Vec<Idle>,
+    /// Requests connecting anew that take a returned connection instead if
+    /// one comes first, so a slow connect (a dropped SYN costs a second)
+    /// does not hold them while others finish.
+    waiting: VecDeque<oneshot::Sender<Sender>>,
+}
+
+/// The idle connections to one endpoint, and the requests waiting for one.
 pub(crate) struct EndpointPool {
     addr: SocketAddr,
-    idle: Mutex<Vec<Idle>>,
+    slots: Mutex<Slots>,
     max_idle: usize,
     connect_timeout: Duration,
 }
@@ -58,7 +71,7 @@ impl EndpointPool {
     ) -> EndpointPool {
         EndpointPool {
             addr,
-            idle: Mutex::new(Vec::new()),
+            slots: Mutex::default(),
             max_idle,
             connect_timeout,
         }
@@ -78,7 +91,7 @@ impl EndpointPool {
     ) -> Result<http::Response<Body>, UpstreamErrorKind> {
         let (mut sender, mut reused) = match self.checkout() {
             Some(s) => (s, true),
-            None => (self.connect().await?, false),
+            None => self.connect_or_wait().await?,
         };
         // A connection comes back when its last body ends, a moment before
         // its task has seen that end: wait for it rather than open another.
@@ -124,10 +137,14 @@ impl EndpointPool {
         })
     }
 
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The most recently used idle connection that is still open, if any.
     fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(i) = idle.pop() {
+        let mut slots = self.slots();
+        while let Some(i) = slots.idle.pop() {
             if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
                 return Some(i.sender);
             }
@@ -135,16 +152,51 @@ impl EndpointPool {
         None
     }
 
-    /// Return a connection whose exchange has finished.
-    fn put(&self, sender: Sender) {
+    /// A new connection, or a pooled one returned while it was being opened
+    /// (then the new one joins the pool when it is up). `true` when pooled.
+    async fn connect_or_wait(self: &Arc<Self>) -> Result<(Sender, bool), UpstreamErrorKind> {
+        let (tx, mut returned) = oneshot::channel();
+        {
+            let mut slots = self.slots();
+            slots.waiting.retain(|w| !w.is_closed());
+            slots.waiting.push_back(tx);
+        }
+        let pool = self.clone();
+        let mut connect = Box::pin(async move { pool.connect().await });
+        tokio::select! {
+            biased;
+            r = &mut connect => r.map(|s| (s, false)),
+            Ok(s) = &mut returned => {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(s) = connect.await {
+                        pool.put(s);
+                    }
+                });
+                Ok((s, true))
+            }
+        }
+    }
+
+    /// Return a connection whose exchange has finished: to a request waiting
+    /// for one, else to the idle list.
+    fn put(&self, mut sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: now });
+        let mut slots = self.slots();
+        while let Some(w) = slots.waiting.pop_front() {
+            match w.send(sender) {
+                Ok(()) => return,
+                Err(s) => sender = s,
+            }
+        }
+        slots
+            .idle
+            .retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
+        if slots.idle.len() < self.max_idle {
+            slots.idle.push(Idle { sender, since: now });
         }
     }
 
