@@ -193,6 +193,7 @@ async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Respo
                 "config_digest": snap.digest,
                 "routes": snap.route_count(),
                 "last_reload_error": status.last_error,
+                "tls": snap.tls_status(),
                 "reloads_ok": shared.runtime().metrics().reload_count("ok"),
                 "reloads_failed": shared.runtime().metrics().reload_count("error"),
             });

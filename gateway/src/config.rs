@@ -6,6 +6,7 @@
 //! snake_case; enumerated values are kebab-case.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
@@ -63,12 +64,19 @@ fn default_drain_timeout_ms() -> u64 {
     30_000
 }
 
-/// A client-facing listener (HTTP/1.1 and HTTP/2 cleartext on one port).
+/// A client-facing listener: HTTP/1.1 and HTTP/2 on one port, in cleartext
+/// or over TLS.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `ip:port`; port 0 picks a free port.
     pub address: SocketAddr,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Answer every request with a redirect to HTTPS instead of routing it.
+    #[serde(default)]
+    pub redirect_https: Option<RedirectHttps>,
     /// Size limits on what clients send.
     #[serde(default)]
     pub limits: ListenerLimits,
@@ -78,6 +86,123 @@ pub struct Listener {
     /// How request paths are normalised.
     #[serde(default)]
     pub paths: PathConfig,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificates served, chosen by the client's SNI; at least one.
+    pub certificates: Vec<CertificateConfig>,
+    /// The oldest protocol version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Protocols offered in ALPN, in preference order: `h2` and `http/1.1`.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// Ask clients for a certificate and verify it against a CA bundle.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+/// One certificate and its key, PEM files relative to the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// The host names it serves (exact or `*.` wildcard); by default the
+    /// DNS names and IP addresses in its subjectAltName.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+    /// Served to clients whose SNI matches no certificate (or who send
+    /// none). At most one certificate is the default; without one, the
+    /// first is.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // YAML reads an unquoted `1.2` as a number; take it as meant.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TlsVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"1.2\" or \"1.3\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsVersion, E> {
+                match v {
+                    "1.2" => Ok(TlsVersion::Tls12),
+                    "1.3" => Ok(TlsVersion::Tls13),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TlsVersion, E> {
+                if v == 1.2 {
+                    Ok(TlsVersion::Tls12)
+                } else if v == 1.3 {
+                    Ok(TlsVersion::Tls13)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Client certificates (mutual TLS) on a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca: String,
+    /// `required` (default): no certificate, no connection. `optional`: a
+    /// client may present none (plugins see whether it did), but one it
+    /// presents must verify.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+/// Whether a client certificate is required.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthMode {
+    /// Every client presents a valid certificate.
+    #[default]
+    Required,
+    /// A client may present none.
+    Optional,
+}
+
+/// A cleartext listener that only redirects to HTTPS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttps {
+    /// The HTTPS port named in the redirect (443 is left out of the URL).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
 }
 
 /// Client-facing size limits; the defaults are nginx's and Envoy's edge
@@ -541,6 +666,21 @@ pub fn validate_serving(
     base: &std::path::Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<String> {
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let at = |f: &str| format!("listeners[{i}].{f}");
+        if l.tls.is_some() && l.redirect_https.is_some() {
+            errors.push(ConfigError::at(
+                at("redirect_https"),
+                "a TLS listener cannot redirect to HTTPS; redirect from a cleartext listener",
+            ));
+        }
+        if l.redirect_https.as_ref().is_some_and(|r| r.port == 0) {
+            errors.push(ConfigError::at(
+                at("redirect_https.port"),
+                "must be at least 1",
+            ));
+        }
+    }
     let mut positive = |at: String, v: u64| {
         if v == 0 {
             errors.push(ConfigError::at(at, "must be at least 1"));

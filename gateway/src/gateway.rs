@@ -111,6 +111,7 @@ impl Shared {
                 drop(current);
                 self.runtime
                     .retain_modules(&self.current().module_digests());
+                self.current().publish_tls();
                 let apply_us = started.elapsed().as_micros() as u64;
                 let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.applied_at_ms = now_ms();
@@ -145,6 +146,7 @@ impl Shared {
             .and_then(|a| config::admin_token(a, base).ok().flatten());
         if unchanged(current, &text, &cfg, base)
             && token.as_deref() == current.admin_token.as_deref()
+            && crate::server::tls::files_unchanged(current.tls_files())
         {
             return Ok(None);
         }
@@ -301,6 +303,7 @@ impl Gateway {
             None,
         )
         .await?;
+        snapshot.publish_tls();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             runtime,
@@ -401,5 +404,9 @@ impl server::Handler for ProxyHandler {
         conn: crate::request::Conn,
     ) -> impl std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static {
         proxy::handle(self.0.current(), req, conn)
+    }
+
+    fn tls(&self, index: usize) -> Option<Arc<crate::server::tls::ListenerTls>> {
+        self.0.current().listener_tls(index)
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, RwLock};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     plugin_failures: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
+    cert_expiry: Family<Labels, Gauge>,
     plugin_counters: RwLock<HashMap<String, Family<Labels, Counter>>>,
     plugin_histograms: RwLock<HashMap<String, HistogramFamily>>,
     /// Label sets plugin metrics hold, against [`MAX_PLUGIN_SERIES`].
@@ -80,8 +82,15 @@ impl Metrics {
             "Configuration reload attempts, by result",
             reloads.clone(),
         );
+        let cert_expiry = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix seconds), by listener and certificate",
+            cert_expiry.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            cert_expiry,
             requests,
             duration,
             plugin_failures,
@@ -130,6 +139,24 @@ impl Metrics {
                 ("kind".to_string(), kind.to_string()),
             ])
             .inc();
+    }
+
+    /// Publish the served certificates' expiry, replacing what an earlier
+    /// generation published: `(listener, certificate name, file, not_after)`.
+    pub fn tls_certificates<'a>(
+        &self,
+        certs: impl IntoIterator<Item = (String, &'a str, &'a str, i64)>,
+    ) {
+        self.cert_expiry.clear();
+        for (listener, name, file, not_after) in certs {
+            self.cert_expiry
+                .get_or_create(&vec![
+                    ("listener".to_string(), listener),
+                    ("certificate".to_string(), name.to_string()),
+                    ("file".to_string(), file.to_string()),
+                ])
+                .set(not_after);
+        }
     }
 
     /// Count one reload attempt; `result` is `ok` or `error`.

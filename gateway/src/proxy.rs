@@ -39,11 +39,17 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     let (mut parts, body) = req.into_parts();
     let listener = snapshot.listener(conn.listener);
 
-    // 1. Admit: head within limits, one authority, one normalised path.
-    let authority = match request::admit(listener, &mut parts) {
+    // 1. Admit: head within limits, one authority (covered by the TLS
+    //    certificate, if any), one normalised path.
+    let authority = match request::admit(listener, &mut parts)
+        .and_then(|a| request::check_tls(&conn, &a).map(|()| a))
+    {
         Ok(a) => a,
         Err(e) => return finish_early(&snapshot, e.into(), &parts, body, &conn, &id, started),
     };
+    if let Some(port) = listener.redirect_https {
+        return redirect_https(&snapshot, &authority, port, &parts, body, &id, started);
+    }
     // 2. Route: host, path, method → route and path parameters.
     let (route, params) = match route(&snapshot, &authority, &parts) {
         Ok(found) => found,
@@ -65,6 +71,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         path: parts.uri.path().to_string(),
         params,
         request_id: id,
+        tls: conn.tls.clone(),
     });
     // 4. Plugins, on-request, in chain order.
     let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
@@ -294,6 +301,42 @@ fn stamp_generation(snapshot: &Snapshot, resp: &mut Response<Body>) {
             HeaderValue::from(snapshot.generation),
         );
     }
+}
+
+/// A redirect listener's one answer: the same host and target over HTTPS.
+fn redirect_https(
+    snapshot: &Snapshot,
+    authority: &Authority,
+    port: u16,
+    parts: &http::request::Parts,
+    body: Incoming,
+    id: &RequestId,
+    started: Instant,
+) -> Response<Body> {
+    request::linger(body);
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        443 => format!("https://{}{target}", authority.host()),
+        port => format!("https://{}:{port}{target}", authority.host()),
+    };
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    stamp_generation(snapshot, &mut resp);
+    record(
+        snapshot,
+        None,
+        "",
+        parts,
+        parts.uri.path(),
+        &resp,
+        &skipped(),
+        id,
+        started,
+    );
+    resp
 }
 
 fn finish_early(

@@ -1,5 +1,5 @@
-//! Watching the configuration file and the plugin modules it names, and
-//! reloading when they change.
+//! Watching the configuration file and the plugin modules and TLS files it
+//! names, and reloading when they change.
 //!
 //! The watch is on directories, not files: editors replace files by renaming
 //! over them, and Kubernetes swaps a ConfigMap by renaming the `..data`
@@ -33,11 +33,17 @@ pub struct Watcher {
 struct Relevant {
     config_dir: PathBuf,
     modules: HashSet<PathBuf>,
+    /// Directories of TLS files: any change in them counts, since a
+    /// mounted Kubernetes secret swaps its files by renaming `..data`.
+    tls_dirs: HashSet<PathBuf>,
 }
 
 impl Relevant {
     fn matches(&self, path: &Path) -> bool {
-        path.parent() == Some(self.config_dir.as_path()) || self.modules.contains(path)
+        let parent = path.parent();
+        parent == Some(self.config_dir.as_path())
+            || self.modules.contains(path)
+            || parent.is_some_and(|p| self.tls_dirs.contains(p))
     }
 }
 
@@ -49,6 +55,7 @@ impl Watcher {
         let relevant = Arc::new(std::sync::RwLock::new(Relevant {
             config_dir,
             modules: HashSet::new(),
+            tls_dirs: HashSet::new(),
         }));
         let filter = relevant.clone();
         let inner =
@@ -79,7 +86,17 @@ impl Watcher {
     /// Watch the directories of the current snapshot's files.
     fn rewatch(&mut self) -> notify::Result<()> {
         let snapshot = self.shared.current();
-        let modules: HashSet<PathBuf> = snapshot.module_paths.iter().map(|p| absolute(p)).collect();
+        // Plugin modules and TLS files alike: a change to either reloads.
+        let modules: HashSet<PathBuf> = snapshot
+            .module_paths
+            .iter()
+            .chain(snapshot.tls_files().map(|(p, _)| p))
+            .map(|p| absolute(p))
+            .collect();
+        let tls_dirs: HashSet<PathBuf> = snapshot
+            .tls_files()
+            .filter_map(|(p, _)| absolute(p).parent().map(Path::to_path_buf))
+            .collect();
         let mut wanted: HashSet<PathBuf> = modules
             .iter()
             .filter_map(|p| p.parent().map(Path::to_path_buf))
@@ -107,10 +124,9 @@ impl Watcher {
             let _ = self.inner.unwatch(dir);
             self.dirs.remove(dir);
         }
-        self.relevant
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .modules = modules;
+        let mut relevant = self.relevant.write().unwrap_or_else(|p| p.into_inner());
+        relevant.modules = modules;
+        relevant.tls_dirs = tls_dirs;
         Ok(())
     }
 

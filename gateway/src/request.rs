@@ -22,7 +22,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 /// What the server knows of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     /// The client's address.
     pub client: SocketAddr,
@@ -30,6 +30,8 @@ pub struct Conn {
     pub scheme: &'static str,
     /// Which configured listener accepted it (its index in `listeners`).
     pub listener: usize,
+    /// What its TLS handshake negotiated, on a TLS listener.
+    pub tls: Option<Arc<crate::server::tls::TlsInfo>>,
 }
 
 /// A request's id: in its log lines and in every error reply, so a client's
@@ -90,6 +92,8 @@ pub struct Rules {
     pub max_body_bytes: u64,
     /// Longest gap between two pieces of a body.
     pub body_idle: Duration,
+    /// Redirect every request to HTTPS on this port instead of routing.
+    pub redirect_https: Option<u16>,
 }
 
 impl Rules {
@@ -107,6 +111,7 @@ impl Rules {
             },
             max_body_bytes: l.limits.max_body_bytes,
             body_idle: Duration::from_millis(l.timeouts.body_idle_ms),
+            redirect_https: l.redirect_https.as_ref().map(|r| r.port),
         }
     }
 }
@@ -115,6 +120,8 @@ impl Default for Rules {
     fn default() -> Self {
         Rules::from_config(&crate::config::Listener {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            redirect_https: None,
             limits: Default::default(),
             timeouts: Default::default(),
             paths: Default::default(),
@@ -138,6 +145,16 @@ pub fn admit(rules: &Rules, parts: &mut http::request::Parts) -> Result<Authorit
         parts.uri = http::Uri::from(pq);
     }
     Ok(authority)
+}
+
+/// Also step 1, on a TLS connection: the host must be one the negotiated
+/// certificate covers (421 otherwise), so one virtual host's handshake
+/// cannot front another's requests.
+pub fn check_tls(conn: &Conn, authority: &Authority) -> Result<(), Refusal> {
+    match &conn.tls {
+        Some(tls) if !tls.served.covers(authority.host()) => Err(Refusal::Misdirected),
+        _ => Ok(()),
+    }
 }
 
 /// A request body on its way upstream, bounded in size and in the time
@@ -699,6 +716,11 @@ pub enum Refusal {
     /// The body broke off before its end.
     #[error("the request body ended before it was complete")]
     BodyIncomplete,
+    /// The host is not one the connection's TLS certificate covers: the
+    /// client must open a connection for it (no fronting one virtual host
+    /// through another's handshake).
+    #[error("the certificate this connection negotiated does not cover the requested host")]
+    Misdirected,
 }
 
 impl Refusal {
@@ -715,6 +737,7 @@ impl Refusal {
             | Refusal::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -731,6 +754,7 @@ impl Refusal {
             Refusal::BadContentLength => "bad_content_length",
             Refusal::BodyTimeout(_) => "body_timeout",
             Refusal::BodyIncomplete => "body_incomplete",
+            Refusal::Misdirected => "misdirected_request",
         }
     }
 }

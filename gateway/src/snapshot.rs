@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{Plugin, Pool, Runtime};
 use crate::request::Rules;
 use crate::router::{Lookup, Params, RouteKey, Router};
+use crate::server::tls::{self, ListenerTls};
 use crate::upstream::Upstream;
 
 /// One route, ready to serve.
@@ -56,6 +57,7 @@ pub struct Snapshot {
     /// reload rotates it).
     pub admin_token: Option<Arc<str>>,
     listeners: Vec<Rules>,
+    tls: Vec<Option<Arc<ListenerTls>>>,
     routes: Vec<Route>,
     router: Router,
     upstreams: HashMap<String, Arc<Upstream>>,
@@ -246,6 +248,30 @@ impl Snapshot {
             }
         }
 
+        // TLS is rebuilt only when its settings or files changed: a kept
+        // configuration keeps its session tickets valid across reloads.
+        let mut listener_tls = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(cfg) = &l.tls else {
+                listener_tls.push(None);
+                continue;
+            };
+            let kept = previous
+                .and_then(|p| p.tls.get(i).cloned().flatten())
+                .filter(|prev| prev.source == *cfg && tls::files_unchanged(&prev.files));
+            if let Some(prev) = kept {
+                listener_tls.push(Some(prev));
+                continue;
+            }
+            match tls::load(cfg, base, &format!("listeners[{i}].tls")) {
+                Ok(t) => listener_tls.push(Some(Arc::new(t))),
+                Err(e) => {
+                    errors.extend(e);
+                    listener_tls.push(None);
+                }
+            }
+        }
+
         let admin_token =
             crate::config::validate_serving(&config, base, &mut errors).map(Arc::<str>::from);
 
@@ -255,6 +281,7 @@ impl Snapshot {
         Ok(Snapshot {
             drain_timeout: std::time::Duration::from_millis(config.drain_timeout_ms),
             listeners: config.listeners.iter().map(Rules::from_config).collect(),
+            tls: listener_tls,
             listener_addrs: config.listeners.iter().map(|l| l.address).collect(),
             admin: config.admin.clone(),
             admin_token,
@@ -298,6 +325,69 @@ impl Snapshot {
         self.listeners
             .get(index)
             .unwrap_or_else(|| DEFAULT.get_or_init(Rules::default))
+    }
+
+    /// The TLS of listener `index`, when it terminates TLS.
+    pub fn listener_tls(&self, index: usize) -> Option<Arc<ListenerTls>> {
+        self.tls.get(index).cloned().flatten()
+    }
+
+    /// Every certificate, key and CA file the listeners read, with the
+    /// digest of what was read.
+    pub fn tls_files(&self) -> impl Iterator<Item = &(PathBuf, [u8; 32])> {
+        self.tls.iter().flatten().flat_map(|t| t.files.iter())
+    }
+
+    /// Publish this generation's certificates (expiry metric).
+    pub fn publish_tls(&self) {
+        self.metrics
+            .tls_certificates(self.tls.iter().enumerate().flat_map(|(i, t)| {
+                let listener = self.listener_addrs[i].to_string();
+                t.iter().flat_map(move |t| {
+                    let listener = listener.clone();
+                    t.certificates().iter().map(move |c| {
+                        (
+                            listener.clone(),
+                            c.label.as_str(),
+                            c.file.as_str(),
+                            c.not_after,
+                        )
+                    })
+                })
+            }));
+    }
+
+    /// The certificates each TLS listener serves, for `/status`.
+    pub fn tls_status(&self) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let listeners: Vec<serde_json::Value> = self
+            .tls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let t = t.as_ref()?;
+                let certs: Vec<serde_json::Value> = t
+                    .certificates()
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "name": c.label,
+                            "file": c.file,
+                            "not_after": c.not_after,
+                            "days_left": (c.not_after - now) / 86_400,
+                            "expires_soon": c.not_after - now < tls::EXPIRY_WARNING_SECS,
+                        })
+                    })
+                    .collect();
+                Some(serde_json::json!({
+                    "listener": self.listener_addrs[i].to_string(),
+                    "certificates": certs,
+                }))
+            })
+            .collect();
+        serde_json::Value::Array(listeners)
     }
 
     /// Whether the configuration declares a plugin of this name.

@@ -172,6 +172,7 @@ fn info(
         path: path.into(),
         params,
         request_id: wicket::request::RequestId::next(),
+        tls: None,
     })
 }
 

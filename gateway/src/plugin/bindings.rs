@@ -50,6 +50,20 @@ pub(crate) fn header(name: &HeaderName, value: &HeaderValue) -> types::Header {
     }
 }
 
+/// A connection's TLS facts as the guest's type.
+pub(crate) fn tls_info(t: &crate::server::tls::TlsInfo) -> types::TlsInfo {
+    types::TlsInfo {
+        server_name: t.sni.clone(),
+        alpn: t.alpn.clone(),
+        version: t.version.to_string(),
+        client_certificate: t.client.as_ref().map(|c| types::ClientCertificate {
+            subject: c.subject.clone(),
+            sans: c.sans.clone(),
+            sha256: c.sha256.clone(),
+        }),
+    }
+}
+
 /// Convert an upstream outcome to the guest's type.
 pub(crate) fn outcome(o: &UpstreamOutcome) -> types::UpstreamOutcome {
     use types::UpstreamError as E;

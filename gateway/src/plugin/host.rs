@@ -228,6 +228,15 @@ impl types::HostRequest for HostState {
         Ok(self.current()?.upstream.name().to_string())
     }
 
+    fn tls(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<types::TlsInfo>> {
+        Ok(self
+            .current()?
+            .info
+            .tls
+            .as_deref()
+            .map(super::bindings::tls_info))
+    }
+
     fn head(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<types::RequestHead> {
         let call = self.current()?;
         let (parts, info) = (&call.parts, &call.info);

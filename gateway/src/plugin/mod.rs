@@ -709,6 +709,8 @@ pub struct RequestInfo {
     pub params: Params,
     /// The request's id, for log lines and error replies.
     pub request_id: crate::request::RequestId,
+    /// What the connection's TLS handshake negotiated, if it had one.
+    pub tls: Option<Arc<crate::server::tls::TlsInfo>>,
 }
 
 /// Move the request head (and response head) into a [`Call`], leaving an

@@ -2,8 +2,9 @@
 //! connection caps, shedding of idle connections, the handshake, header, idle
 //! and drain timeouts, and HTTP/1.1 or HTTP/2 chosen from the first bytes.
 //!
-//! A connection's life: accepted → handshake (first byte, and the whole
-//! HTTP/2 preface, within `handshake`) → served by hyper (HTTP/1.1 heads
+//! A connection's life: accepted → handshake (on a TLS listener the TLS
+//! handshake, then the first byte and the whole HTTP/2 preface, all within
+//! `handshake`) → served by hyper (HTTP/1.1 heads
 //! within `header`) → closed when idle for `idle` (HTTP/2 with GOAWAY), when
 //! shed to make room, or at drain. A connection with no request in flight is
 //! *idle* from its accept on, so silent sockets are the first to be shed.
@@ -30,8 +31,10 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::request::Conn;
 use frames::FrameWatch;
+use tls::ListenerTls;
 
 pub mod frames;
+pub mod tls;
 
 /// How one listener treats its connections.
 #[derive(Debug, Clone)]
@@ -99,6 +102,12 @@ pub trait Handler: Clone + Send + Sync + 'static {
         req: Request<Incoming>,
         conn: Conn,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
+
+    /// The TLS a new connection on listener `index` handshakes with, or
+    /// `None` for cleartext.
+    fn tls(&self, _index: usize) -> Option<Arc<ListenerTls>> {
+        None
+    }
 }
 
 // How a connection is asked to end, in rising order (a later, stronger
@@ -302,7 +311,7 @@ pub async fn serve<H: Handler>(
                 }
                 let _ = stream.set_nodelay(true);
                 let (id, tracker) = registry.add();
-                let conn = Conn { client: peer, scheme: "http", listener: index };
+                let conn = Conn { client: peer, scheme: "http", listener: index, tls: None };
                 let (registry, settings, handler) = (registry.clone(), settings.clone(), handler.clone());
                 tokio::spawn(async move {
                     connection(stream, conn, &tracker, &registry, &settings, handler).await;
@@ -356,7 +365,10 @@ enum Protocol {
 
 /// Read the first bytes: the whole HTTP/2 preface, or anything else (then
 /// HTTP/1.1). `None` when the client closes or sends nothing in time.
-async fn sniff(stream: &mut TcpStream, buf: &mut [u8; 24]) -> io::Result<(Protocol, usize)> {
+async fn sniff<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8; 24],
+) -> io::Result<(Protocol, usize)> {
     let mut n = 0;
     loop {
         let read = stream.read(&mut buf[n..]).await?;
@@ -374,16 +386,56 @@ async fn sniff(stream: &mut TcpStream, buf: &mut [u8; 24]) -> io::Result<(Protoc
 }
 
 async fn connection<H: Handler>(
-    mut stream: TcpStream,
-    conn: Conn,
+    stream: TcpStream,
+    mut conn: Conn,
     tracker: &Arc<Tracker>,
     registry: &Arc<Registry>,
     settings: &Settings,
     handler: H,
 ) {
+    // The TLS handshake and the first bytes share one deadline.
+    let deadline = Instant::now() + settings.handshake;
+    let Some(tls) = handler.tls(conn.listener) else {
+        return http(stream, conn, deadline, tracker, registry, settings, handler).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, accept) => r,
+        _ = tracker.wake.notified() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "TLS handshake timeout");
+            return;
+        }
+    };
+    conn.tls = Some(Arc::new(tls.info(stream.get_ref().1)));
+    conn.scheme = "https";
+    http(stream, conn, deadline, tracker, registry, settings, handler).await
+}
+
+/// Serve HTTP/1.1 or HTTP/2, as the first bytes say, on a connection whose
+/// handshake (if any) is done.
+async fn http<S, H>(
+    mut stream: S,
+    conn: Conn,
+    deadline: Instant,
+    tracker: &Arc<Tracker>,
+    registry: &Arc<Registry>,
+    settings: &Settings,
+    handler: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
     let mut buf = [0u8; 24];
     let sniffed = tokio::select! {
-        r = tokio::time::timeout(settings.handshake, sniff(&mut stream, &mut buf)) => r,
+        r = tokio::time::timeout_at(deadline, sniff(&mut stream, &mut buf)) => r,
         _ = tracker.wake.notified() => return,
     };
     let (protocol, n) = match sniffed {
@@ -409,14 +461,14 @@ async fn connection<H: Handler>(
         watch,
     });
     let service = {
-        let (tracker, registry) = (tracker.clone(), registry.clone());
+        let (tracker, registry, conn) = (tracker.clone(), registry.clone(), conn.clone());
         service_fn(move |req: Request<Incoming>| {
             tracker.in_flight.fetch_add(1, Ordering::SeqCst);
             let guard = InFlight {
                 tracker: tracker.clone(),
                 registry: registry.clone(),
             };
-            let response = handler.clone().call(req, conn);
+            let response = handler.clone().call(req, conn.clone());
             async move {
                 let resp = response.await;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
@@ -436,7 +488,7 @@ async fn connection<H: Handler>(
                 b.max_headers(settings.max_headers);
             }
             let c = b.serve_connection(io, service);
-            watch_connection(c, conn, tracker, registry, settings).await;
+            watch_connection(c, &conn, tracker, registry, settings).await;
         }
         Protocol::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -446,7 +498,7 @@ async fn connection<H: Handler>(
                 .keep_alive_interval(Some(settings.idle / 2))
                 .keep_alive_timeout(Duration::from_secs(20));
             let c = b.serve_connection(io, service);
-            watch_connection(c, conn, tracker, registry, settings).await;
+            watch_connection(c, &conn, tracker, registry, settings).await;
         }
     }
 }
@@ -492,7 +544,7 @@ const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 async fn watch_connection<C: Graceful>(
     c: C,
-    conn: Conn,
+    conn: &Conn,
     tracker: &Tracker,
     registry: &Registry,
     settings: &Settings,
@@ -613,9 +665,9 @@ impl http_body::Body for Tracked {
 
 /// The sniffed first bytes, then the rest of the stream; on HTTP/2, with
 /// the frames it carries watched for abuse.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
     watch: Option<Watch>,
 }
 
@@ -627,7 +679,7 @@ struct Watch {
     abused: bool,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -663,7 +715,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -56,8 +56,9 @@ use std::cell::OnceCell;
 
 use bindings::wicket::plugin::types as wit;
 pub use bindings::wicket::plugin::types::{
-    Header, Hooks, RequestAction, RequestHead, RequestPatch, Response, ResponseAction,
-    ResponsePatch, RouteParam, UpstreamError, UpstreamOutcome, UpstreamResult,
+    ClientCertificate, Header, Hooks, RequestAction, RequestHead, RequestPatch, Response,
+    ResponseAction, ResponsePatch, RouteParam, TlsInfo, UpstreamError, UpstreamOutcome,
+    UpstreamResult,
 };
 pub use bindings::wicket::plugin::{clock, gateway, log, metrics, state};
 
@@ -182,6 +183,7 @@ pub struct Request<'a> {
     upstream: OnceCell<String>,
     params: OnceCell<Vec<RouteParam>>,
     headers: OnceCell<Vec<Header>>,
+    tls: OnceCell<Option<TlsInfo>>,
 }
 
 impl<'a> Request<'a> {
@@ -198,6 +200,7 @@ impl<'a> Request<'a> {
             upstream: OnceCell::new(),
             params: OnceCell::new(),
             headers: OnceCell::new(),
+            tls: OnceCell::new(),
         }
     }
 
@@ -215,6 +218,17 @@ impl<'a> Request<'a> {
             upstream: OnceCell::from(head.upstream),
             params: OnceCell::from(head.params),
             headers: OnceCell::from(head.headers),
+            tls: OnceCell::from(None),
+        }
+    }
+
+    /// The same, on a TLS connection with these facts (tests of policies
+    /// that read the handshake, such as mTLS authorisation).
+    pub fn from_head_tls(head: RequestHead, tls: TlsInfo) -> Request<'static> {
+        let r = Request::from_head(head);
+        Request {
+            tls: OnceCell::from(Some(tls)),
+            ..r
         }
     }
 
@@ -279,6 +293,13 @@ impl<'a> Request<'a> {
             .iter()
             .find(|p| p.name == name)
             .map(|p| p.value.as_str())
+    }
+
+    /// What the connection's TLS handshake negotiated (SNI, ALPN, version
+    /// and the verified client certificate), or `None` in cleartext.
+    /// Needs a host of contract 0.1.1 or later.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.fetch(&self.tls, wit::Request::tls).as_ref()
     }
 
     /// Every header in arrival order. Copies them all from the host; prefer

@@ -63,6 +63,7 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
         path: "/".into(),
         params: Default::default(),
         request_id: wicket::request::RequestId::next(),
+        tls: None,
     });
     let upstream = UpstreamConfig {
         endpoints: vec![EndpointConfig {

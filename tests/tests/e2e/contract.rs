@@ -52,8 +52,8 @@ async fn on_request_reads_every_part_of_the_request_through_the_handle() {
     assert_eq!(seen("multi").as_deref(), Some("a|b"));
     assert_eq!(seen("head-agrees").as_deref(), Some("yes"));
 
-    // `headers()` returned exactly the head the upstream got, less the 14
-    // headers the plugin itself added.
+    // `headers()` returned exactly the head the upstream got, less the 15
+    // headers the plugin itself added (x-seen-tls is the 15th).
     let echoed: usize = r.json()["headers"]
         .as_object()
         .expect("headers object")
@@ -64,7 +64,7 @@ async fn on_request_reads_every_part_of_the_request_through_the_handle() {
         .expect("header count")
         .parse()
         .expect("a number");
-    assert_eq!(count + 14, echoed, "{:?}", r.json()["headers"]);
+    assert_eq!(count + 15, echoed, "{:?}", r.json()["headers"]);
 
     // Declared `on-request` only: `on-response` was never called.
     assert_eq!(r.header("x-seen-status"), None);
@@ -168,4 +168,38 @@ async fn a_bad_hook_name_is_a_config_error_at_its_location() {
             && errors[0].contains("hooks: unknown hook \"on-body\""),
         "{errors:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_contract_0_1_0_runs_on_this_host() {
+    // `tests/corpus/contract-0.1.0-noop.wasm` is the `noop` test guest as
+    // built against `wicket:plugin@0.1.0`, kept to hold the compatibility
+    // promise in `wit/plugin.wit`: additions never break an older plugin.
+    let module = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/corpus/contract-0.1.0-noop.wasm"
+    );
+    let wasm = std::fs::read(module).unwrap();
+    let imports = String::from_utf8_lossy(&wasm);
+    assert!(
+        imports.contains("wicket:plugin/types@0.1.0"),
+        "the fixture imports the 0.1.0 contract"
+    );
+    let b = backend("b").await;
+    let yaml = fill(
+        &format!(
+            r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+plugins:
+  old: {{ module: "{module}" }}
+upstreams: {{ b: {{ endpoints: [{{ address: "{{backend:b}}" }}] }} }}
+routes:
+  - {{ name: r, match: {{ path: "/x" }}, upstream: b, plugins: [{{ name: old }}] }}
+"#
+        ),
+        &[("b", &b)],
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let r = HttpClient::new().get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 200);
 }

@@ -16,4 +16,5 @@ mod policy_split;
 mod proxy;
 mod reload;
 mod serve;
+mod tls;
 mod trust;

@@ -14,7 +14,10 @@
 //! - `x-seen-probe`: `header("X-Probe")` (mixed case on purpose), `-` when
 //!   missing; `x-seen-multi`: every `x-multi` value joined by `|`;
 //! - `x-seen-header-count`: how many headers `headers()` returned;
-//! - `x-seen-head-agrees`: `yes` if `head()` matches the single accessors.
+//! - `x-seen-head-agrees`: `yes` if `head()` matches the single accessors;
+//! - `x-seen-tls`: `-` in cleartext, else `sni=…;alpn=…;version=…` and, when
+//!   the client presented a certificate, `x-seen-client-subject`,
+//!   `x-seen-client-sans` (joined by `,`) and `x-seen-client-sha256`.
 //!
 //! `on-response` sets on the response: `x-seen-status`, `x-seen-backend`
 //! (`header("X-Backend")`, `-` when missing), `x-seen-response-header-count`,
@@ -104,6 +107,27 @@ impl Plugin for Inspect {
             .set_header("x-seen-multi", multi.join("|"))
             .set_header("x-seen-header-count", request.headers().len().to_string())
             .set_header("x-seen-head-agrees", if agrees { "yes" } else { "no" });
+        let patch = match request.tls() {
+            None => patch.set_header("x-seen-tls", "-"),
+            Some(tls) => {
+                let patch = patch.set_header(
+                    "x-seen-tls",
+                    format!(
+                        "sni={};alpn={};version={}",
+                        tls.server_name.as_deref().unwrap_or("-"),
+                        tls.alpn.as_deref().unwrap_or("-"),
+                        tls.version
+                    ),
+                );
+                match &tls.client_certificate {
+                    None => patch,
+                    Some(c) => patch
+                        .set_header("x-seen-client-subject", c.subject.as_str())
+                        .set_header("x-seen-client-sans", c.sans.join(","))
+                        .set_header("x-seen-client-sha256", c.sha256.as_str()),
+                }
+            }
+        };
         RequestAction::Continue(patch)
     }
 

@@ -1,0 +1,423 @@
+//! TLS termination with real clients (curl and a rustls client) and
+//! certificates made by the test: SNI choosing among certificates, 421 for a
+//! host the handshake did not cover, hot swaps of certificate files, broken
+//! and expired files refused, mutual TLS, version floors, the handshake
+//! timeout, the HTTPS redirect listener, and what plugins see.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use wicket_tests::pki::{self, Ca, Validity};
+use wicket_tests::{backend, curl, fill, scratch_dir, Backend, HttpClient, TestGateway, TlsConn};
+
+/// A scratch directory holding a CA, `a.test` and `*.b.test` certificates,
+/// and a config that serves them.
+struct Site {
+    dir: PathBuf,
+    ca: Ca,
+    ca_file: PathBuf,
+    gw: TestGateway,
+    _backend: Backend,
+}
+
+impl Site {
+    async fn start(tls_extra: &str, watch: bool) -> Site {
+        let b = backend("echo").await;
+        let dir = scratch_dir("tls");
+        let ca = Ca::new("Wicket Test CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        ca.server(&["a.test"], Validity::Current).write(&dir, "a");
+        ca.server(&["*.b.test"], Validity::Current).write(&dir, "b");
+        let yaml = fill(
+            &format!(
+                r#"
+listeners:
+  - address: "127.0.0.1:0"
+    timeouts: {{ handshake_ms: 500 }}
+    tls:
+      certificates:
+        - {{ cert: a.crt, key: a.key }}
+        - {{ cert: b.crt, key: b.key }}
+{tls_extra}
+admin: {{ address: "127.0.0.1:0" }}
+watch_debounce_ms: 50
+plugins:
+  inspect: {{ module: "{{plugin:inspect}}" }}
+upstreams: {{ echo: {{ endpoints: [{{ address: "{{backend:echo}}" }}] }} }}
+routes:
+  - {{ name: a, match: {{ host: a.test, path: "/{{*p}}" }}, upstream: echo, plugins: [{{ name: inspect }}] }}
+  - {{ name: b, match: {{ host: x.b.test, path: "/{{*p}}" }}, upstream: echo }}
+"#
+            ),
+            &[("echo", &b)],
+        );
+        let config_path = dir.join("wicket.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let gw = TestGateway::start_file(config_path, wicket::Clock::system(), watch).await;
+        Site {
+            dir,
+            ca,
+            ca_file,
+            gw,
+            _backend: b,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.gw.gateway.addrs()[0].port()
+    }
+
+    /// curl to `https://{name}:{port}{path}`, `name` resolved to loopback.
+    fn curl(&self, name: &str, path: &str, extra: &[&str]) -> (i32, String, String) {
+        let resolve = format!("{name}:{}:127.0.0.1", self.port());
+        let url = format!("https://{name}:{}{path}", self.port());
+        let ca = self.ca_file.to_string_lossy().to_string();
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    }
+
+    async fn connect(&self, sni: &str) -> std::io::Result<TlsConn> {
+        TlsConn::connect(
+            self.gw.gateway.addrs()[0],
+            sni,
+            pki::client_config(&self.ca.pem, &["h2", "http/1.1"], None),
+        )
+        .await
+    }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_gets_the_certificate_for_each_sni_name() {
+    let site = Site::start("", false).await;
+    for (name, route) in [("a.test", "a"), ("x.b.test", "b")] {
+        let (code, out, err) = site.curl(
+            name,
+            "/hello",
+            &["--http2", "-w", "\n%{http_version} %{ssl_verify_result}"],
+        );
+        assert_eq!(code, 0, "curl to {name} failed: {err}");
+        let (body, meta) = out.rsplit_once('\n').unwrap();
+        assert_eq!(meta, "2 0", "HTTP/2 and a verified certificate for {name}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["headers"]["x-forwarded-proto"][0], "https");
+        assert_eq!(json["path"], "/hello", "route {route}");
+    }
+    // HTTP/1.1 over TLS as well.
+    let (code, out, err) = site.curl("a.test", "/r", &["--http1.1", "-w", "\n%{http_version}"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n1.1"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_sni_alpn_and_version_of_the_connection() {
+    let site = Site::start("", false).await;
+    let mut c = site.connect("a.test").await.unwrap();
+    assert_eq!(c.alpn.as_deref(), Some("h2"));
+    let r = c.get("a.test", "/r").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.echoed_header("x-seen-tls").as_deref(),
+        Some("sni=a.test;alpn=h2;version=TLSv1.3")
+    );
+    assert_eq!(r.echoed_header("x-seen-scheme").as_deref(), Some("https"));
+    assert_eq!(r.echoed_header("x-seen-client-subject"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_the_negotiated_certificate_does_not_cover_gets_421() {
+    let site = Site::start("", false).await;
+    // The a.test handshake, then a request for x.b.test: domain fronting.
+    let mut c = site.connect("a.test").await.unwrap();
+    let r = c.get("x.b.test", "/r").await.unwrap();
+    assert_eq!(r.status, 421);
+    assert_eq!(r.json()["error"], "misdirected_request");
+    // curl, HTTP/1.1, with a Host header that disagrees with its SNI.
+    let (code, out, err) = site.curl(
+        "a.test",
+        "/r",
+        &["--http1.1", "-H", "Host: x.b.test", "-w", "\n%{http_code}"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n421"), "{out}");
+    // The host the handshake named is served on the same connection.
+    let mut c = site.connect("x.b.test").await.unwrap();
+    assert_eq!(c.get("x.b.test", "/r").await.unwrap().status, 200);
+    assert_eq!(c.get("a.test", "/r").await.unwrap().status, 421);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_server_name_is_served_the_default_certificate() {
+    let site = Site::start("", false).await;
+    // curl checks the name: the default certificate (a.test) does not
+    // cover other.test, so verification fails.
+    let (code, _, err) = site.curl("other.test", "/r", &[]);
+    assert_eq!(code, 60, "certificate name mismatch expected: {err}");
+    // With verification off the connection works and the host is refused.
+    let (code, out, _) = site.curl("other.test", "/r", &["-k", "-w", "\n%{http_code}"]);
+    assert_eq!(code, 0);
+    assert!(out.ends_with("\n421"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_is_served_to_new_connections_while_open_ones_keep_working() {
+    let site = Site::start("", true).await;
+    let mut open = site.connect("a.test").await.unwrap();
+    assert_eq!(open.get("a.test", "/r").await.unwrap().status, 200);
+    let old = open.peer_cert.clone();
+
+    let renewed = site.ca.server(&["a.test"], Validity::Current);
+    renewed.write(&site.dir, "a");
+    site.gw.wait_for_generation(2).await;
+    let fresh = site.connect("a.test").await.unwrap();
+    assert_eq!(fresh.peer_cert, der(&renewed.cert), "the new certificate");
+    assert_ne!(fresh.peer_cert, old);
+    // The connection opened before the swap is still served.
+    assert_eq!(open.get("a.test", "/r").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_certificate_file_keeps_the_old_certificate_and_is_reported() {
+    let site = Site::start("", true).await;
+    let before = site.connect("a.test").await.unwrap().peer_cert;
+    let admin = HttpClient::new();
+
+    // Garbage in the certificate file.
+    pki::write_atomically(&site.dir.join("a.crt"), "not a certificate\n");
+    site.gw.wait_for_failed_reloads(1).await;
+    let status = admin.get(&site.gw.admin_url("/status"), &[]).await.json();
+    let error = status["last_reload_error"].as_str().unwrap();
+    assert!(
+        error.contains("listeners[0].tls.certificates[0].cert"),
+        "{error}"
+    );
+    let mut c = site.connect("a.test").await.unwrap();
+    assert_eq!(c.peer_cert, before, "the old certificate is still served");
+    assert_eq!(c.get("a.test", "/r").await.unwrap().status, 200);
+
+    // A certificate whose key is another's.
+    let other = site.ca.server(&["a.test"], Validity::Current);
+    pki::write_atomically(&site.dir.join("a.crt"), &other.cert);
+    site.gw.wait_for_failed_reloads(2).await;
+    let status = admin.get(&site.gw.admin_url("/status"), &[]).await.json();
+    let error = status["last_reload_error"].as_str().unwrap();
+    assert!(
+        error.contains("listeners[0].tls.certificates[0].key") && error.contains("does not match"),
+        "{error}"
+    );
+
+    // An expired certificate with its own key.
+    let expired = site.ca.server(&["a.test"], Validity::Expired);
+    expired.write(&site.dir, "a");
+    site.gw.wait_for_failed_reloads(3).await;
+    let status = admin.get(&site.gw.admin_url("/status"), &[]).await.json();
+    assert!(
+        status["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{status}"
+    );
+    assert_eq!(site.connect("a.test").await.unwrap().peer_cert, before);
+    assert_eq!(status["generation"], 1);
+
+    // Certificate expiry is exported.
+    let metrics = admin.get(&site.gw.admin_url("/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("wicket_tls_certificate_expiry_timestamp_seconds{")
+            && text.contains("certificate=\"a.test\"")
+            && text.contains("certificate=\"*.b.test\""),
+        "{text}"
+    );
+    assert_eq!(status["tls"][0]["certificates"][0]["name"], "a.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_settings_are_refused_at_start_with_their_location() {
+    let dir = scratch_dir("tls-bad");
+    let ca = Ca::new("CA");
+    ca.server(&["a.test"], Validity::Expired).write(&dir, "old");
+    ca.server(&["a.test"], Validity::Current).write(&dir, "a");
+    ca.server(&["a.test"], Validity::Current).write(&dir, "dup");
+    let cases = [
+        (
+            "[{ cert: old.crt, key: old.key }]",
+            "listeners[0].tls.certificates[0].cert",
+            "expired",
+        ),
+        (
+            "[{ cert: missing.crt, key: a.key }]",
+            "listeners[0].tls.certificates[0].cert",
+            "cannot read",
+        ),
+        (
+            "[{ cert: a.crt, key: dup.key }]",
+            "listeners[0].tls.certificates[0].key",
+            "does not match",
+        ),
+        (
+            "[{ cert: a.crt, key: a.key }, { cert: dup.crt, key: dup.key }]",
+            "listeners[0].tls.certificates[1]",
+            "already served",
+        ),
+        ("[]", "listeners[0].tls.certificates", "at least one"),
+    ];
+    for (certs, at, what) in cases {
+        let path = dir.join("wicket.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listeners:\n  - address: \"127.0.0.1:0\"\n    tls: {{ certificates: {certs} }}\nupstreams: {{}}\nroutes: []\n"
+            ),
+        )
+        .unwrap();
+        let err = wicket::gateway::validate(&path)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(at) && err.contains(what), "{certs}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_required_refuses_clients_without_a_valid_certificate() {
+    let site = Site::start("      client_auth: { ca: ca.pem }", false).await;
+    let addr = site.gw.gateway.addrs()[0];
+    // No certificate: the handshake fails.
+    let none = pki::client_config(&site.ca.pem, &["h2"], None);
+    let refused = match TlsConn::connect(addr, "a.test", none).await {
+        Err(_) => true,
+        // TLS 1.3: the server's alert arrives with the first read.
+        Ok(mut c) => c.get("a.test", "/r").await.is_err(),
+    };
+    assert!(refused, "a client without a certificate is refused");
+    // A certificate from another CA: refused too.
+    let stranger = Ca::new("Other CA").client("intruder", "intruder.test");
+    let config = pki::client_config(&site.ca.pem, &["h2"], Some(&stranger));
+    let refused = match TlsConn::connect(addr, "a.test", config).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("a.test", "/r").await.is_err(),
+    };
+    assert!(refused, "a certificate from an unknown CA is refused");
+    // A certificate from the CA: served, and plugins see it.
+    let client = site.ca.client("svc-a", "svc-a.internal");
+    let config = pki::client_config(&site.ca.pem, &["h2"], Some(&client));
+    let mut c = TlsConn::connect(addr, "a.test", config).await.unwrap();
+    let r = c.get("a.test", "/r").await.unwrap();
+    assert_eq!(r.status, 200);
+    let subject = r.echoed_header("x-seen-client-subject").unwrap();
+    assert!(subject.contains("CN=svc-a"), "{subject}");
+    assert_eq!(
+        r.echoed_header("x-seen-client-sans").as_deref(),
+        Some("svc-a.internal")
+    );
+    use sha2::Digest;
+    let fingerprint = wicket::snapshot::hex(&sha2::Sha256::digest(der(&client.cert)));
+    assert_eq!(
+        r.echoed_header("x-seen-client-sha256").as_deref(),
+        Some(fingerprint.as_str())
+    );
+    // curl with the client certificate.
+    let (cert, key) = client.write(&site.dir, "client");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let (code, out, err) = site.curl(
+        "a.test",
+        "/r",
+        &["--cert", &cert, "--key", &key, "-w", "\n%{http_code}"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n200"), "{out}");
+    let (code, _, _) = site.curl("a.test", "/r", &[]);
+    assert_ne!(code, 0, "curl without a certificate is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_optional_serves_clients_without_a_certificate() {
+    let site = Site::start("      client_auth: { ca: ca.pem, mode: optional }", false).await;
+    let mut c = site.connect("a.test").await.unwrap();
+    let r = c.get("a.test", "/r").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-seen-client-subject"), None);
+    let stranger = Ca::new("Other CA").client("intruder", "intruder.test");
+    let config = pki::client_config(&site.ca.pem, &["h2"], Some(&stranger));
+    let refused = match TlsConn::connect(site.gw.gateway.addrs()[0], "a.test", config).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("a.test", "/r").await.is_err(),
+    };
+    assert!(refused, "a certificate that is presented must verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_floor_refuses_tls12_clients() {
+    let site = Site::start("      min_version: 1.3", false).await;
+    let (code, _, err) = site.curl("a.test", "/r", &["--tls-max", "1.2"]);
+    assert_ne!(code, 0, "TLS 1.2 refused: {err}");
+    let (code, out, err) = site.curl("a.test", "/r", &["-w", "\n%{http_code}"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n200"));
+    // The default floor is 1.2.
+    let site = Site::start("", false).await;
+    let (code, out, err) = site.curl(
+        "a.test",
+        "/r",
+        &["--tls-max", "1.2", "-w", "\n%{http_code}"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_stalled_tls_handshake_is_closed_at_the_handshake_timeout() {
+    let site = Site::start("", false).await;
+    let addr = site.gw.gateway.addrs()[0];
+    for first in [&b""[..], &[0x16, 0x03, 0x01, 0x00, 0xff, 0x01][..]] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(first).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the gateway, not by the test's timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redirect_listener_sends_clients_to_https() {
+    let dir = scratch_dir("redirect");
+    let path = dir.join("wicket.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: \"127.0.0.1:0\"\n    redirect_https: { port: 8443 }\n  - address: \"127.0.0.1:0\"\n    redirect_https: {}\nupstreams: {}\nroutes: []\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_file(path, wicket::Clock::system(), false).await;
+    let c = HttpClient::new();
+    let url = format!("http://{}/a/../b?x=1", gw.gateway.addrs()[0]);
+    let r = c.get(&url, &[("host", "Shop.Example")]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://shop.example:8443/b?x=1")
+    );
+    let url = format!("http://{}/", gw.gateway.addrs()[1]);
+    let r = c.get(&url, &[("host", "shop.example:8080")]).await;
+    assert_eq!(r.header("location"), Some("https://shop.example/"));
+    // The trust-boundary checks still come first.
+    let r = c.get(&url, &[("host", "bad host")]).await;
+    assert_eq!(r.status, 400);
+}
