@@ -525,6 +525,55 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
+    /// The protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Connect to the endpoints over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The protocol spoken to an upstream's endpoints.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections (over TLS with `tls`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, agreed with ALPN: needs `tls`.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge: no `tls`.
+    H2c,
+}
+
+/// TLS to an upstream's endpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// The name sent in SNI and verified against the endpoint's
+    /// certificate; the endpoint's IP address when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM bundle of the CAs to trust; the system's roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Verify the endpoint's certificate (on by default; turning it off
+    /// is logged as a warning on every load).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// A client certificate to present (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificateConfig>,
+}
+
+/// A certificate and key presented to an upstream.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: String,
+    /// The private key, PEM.
+    pub key: String,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -581,6 +630,23 @@ pub struct RouteConfig {
     /// `limits.max_body_bytes` when absent.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Let WebSocket upgrades through (refused upgrades are forwarded as
+    /// plain requests, without `Upgrade`).
+    #[serde(default)]
+    pub websocket: Option<WebSocketConfig>,
+}
+
+/// WebSocket upgrades on a route.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// A tunnel with no bytes either way for this long is closed.
+    #[serde(default = "default_websocket_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_websocket_idle_ms() -> u64 {
+    60_000
 }
 
 /// A route's request matcher.

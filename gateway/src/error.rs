@@ -76,7 +76,9 @@ impl ProxyError {
             ProxyError::Upstream { kind, .. } => match kind {
                 K::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 K::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-                K::ConnectFailed | K::Reset | K::Protocol => StatusCode::BAD_GATEWAY,
+                K::ConnectFailed | K::Reset | K::Protocol | K::Certificate => {
+                    StatusCode::BAD_GATEWAY
+                }
             },
         }
     }

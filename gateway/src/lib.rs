@@ -21,6 +21,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod tunnel;
 pub mod upstream;
 
 pub use clock::Clock;

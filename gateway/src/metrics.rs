@@ -35,6 +35,9 @@ pub struct Metrics {
     plugin_failures: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     cert_expiry: Family<Labels, Gauge>,
+    tunnels_open: Family<Labels, Gauge>,
+    tunnels: Family<Labels, Counter>,
+    tunnel_bytes: Family<Labels, Counter>,
     plugin_counters: RwLock<HashMap<String, Family<Labels, Counter>>>,
     plugin_histograms: RwLock<HashMap<String, HistogramFamily>>,
     /// Label sets plugin metrics hold, against [`MAX_PLUGIN_SERIES`].
@@ -88,9 +91,30 @@ impl Metrics {
             "When each served certificate expires (Unix seconds), by listener and certificate",
             cert_expiry.clone(),
         );
+        let tunnels_open = Family::<Labels, Gauge>::default();
+        registry.register(
+            "websocket_tunnels_open",
+            "WebSocket tunnels open now, by route",
+            tunnels_open.clone(),
+        );
+        let tunnels = Family::<Labels, Counter>::default();
+        registry.register(
+            "websocket_tunnels",
+            "WebSocket tunnels closed, by route and how they ended (closed, idle, drain, error)",
+            tunnels.clone(),
+        );
+        let tunnel_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "websocket_bytes",
+            "Bytes carried by WebSocket tunnels, by route and direction (upstream, downstream)",
+            tunnel_bytes.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             cert_expiry,
+            tunnels_open,
+            tunnels,
+            tunnel_bytes,
             requests,
             duration,
             plugin_failures,
@@ -156,6 +180,31 @@ impl Metrics {
                     ("file".to_string(), file.to_string()),
                 ])
                 .set(not_after);
+        }
+    }
+
+    /// A WebSocket tunnel opened on `route`.
+    pub fn tunnel_opened(&self, route: &str) {
+        self.tunnels_open
+            .get_or_create(&vec![("route".to_string(), route.to_string())])
+            .inc();
+    }
+
+    /// A WebSocket tunnel on `route` ended, having carried `up` bytes from
+    /// the client and `down` to it.
+    pub fn tunnel_closed(&self, route: &str, end: &str, up: u64, down: u64) {
+        let r = ("route".to_string(), route.to_string());
+        self.tunnels_open.get_or_create(&vec![r.clone()]).dec();
+        self.tunnels
+            .get_or_create(&vec![r.clone(), ("end".to_string(), end.to_string())])
+            .inc();
+        for (direction, n) in [("upstream", up), ("downstream", down)] {
+            self.tunnel_bytes
+                .get_or_create(&vec![
+                    r.clone(),
+                    ("direction".to_string(), direction.to_string()),
+                ])
+                .inc_by(n);
         }
     }
 

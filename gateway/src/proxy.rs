@@ -62,7 +62,13 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         Err(e) => return finish_early(&snapshot, e.into(), &parts, None, &conn, &id, started),
     };
     let authority = authority.into_string();
+    // A WebSocket upgrade the route allows keeps the client's side of the
+    // connection for the tunnel; any other upgrade is stripped below.
+    let upgrade = websocket_upgrade(route, &mut parts);
     prepare_request(&mut parts, &conn, &authority);
+    if upgrade.is_some() {
+        keep_upgrade_headers(&mut parts.headers);
+    }
     let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
         authority,
@@ -86,13 +92,24 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            call_upstream(&pass.upstream, &parts, headers, body, &info).await
+            let mut headers = headers;
+            let upgrade = upgrade.is_some() && pass.upstream.is_http1();
+            if !upgrade {
+                // A plugin chose an upstream that cannot upgrade: a plain request.
+                headers.remove(header::UPGRADE);
+                headers.remove(header::CONNECTION);
+            }
+            call_upstream(&pass.upstream, &parts, headers, body, &info, upgrade).await
         }
     };
     // 6. Plugins, on-response, in reverse order.
     let mut resp = chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await;
-    // 7. Finish: plugins' response headers, hop-by-hop headers out.
+    // 7. Finish: plugins' response headers, hop-by-hop headers out; on the
+    //    upstream's 101, the tunnel opens.
     finish_response(&snapshot, &mut resp, pass.response_headers);
+    if let Some((client, idle)) = upgrade {
+        open_tunnel(&snapshot, &mut resp, client, idle, route, &conn, &info);
+    }
     // 8. Log and count.
     record(
         &snapshot,
@@ -202,6 +219,73 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
 }
 
+/// A WebSocket handshake on a route that allows it: an HTTP/1.1 GET with
+/// `Upgrade: websocket` and `Connection: upgrade`. Takes the client's side
+/// of the upgrade, with the route's tunnel idle timeout.
+fn websocket_upgrade(
+    route: &crate::snapshot::Route,
+    parts: &mut http::request::Parts,
+) -> Option<(hyper::upgrade::OnUpgrade, std::time::Duration)> {
+    let idle = route.websocket?;
+    let h = &parts.headers;
+    let is_websocket = parts.version == Version::HTTP_11
+        && parts.method == http::Method::GET
+        && h.get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !is_websocket {
+        return None;
+    }
+    let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    Some((client, idle))
+}
+
+fn keep_upgrade_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// After `on-response`: a 101 that came from the upstream (its upgraded
+/// connection is in the response) opens the tunnel; a 101 without one —
+/// which no plugin can produce — is refused with 502 rather than leave the
+/// client holding a connection to nothing.
+fn open_tunnel(
+    snapshot: &Snapshot,
+    resp: &mut Response<Body>,
+    client: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    route: &crate::snapshot::Route,
+    conn: &Conn,
+    info: &RequestInfo,
+) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let Some(upstream) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        let e = ProxyError::Upstream {
+            upstream: String::new(),
+            kind: crate::upstream::UpstreamErrorKind::Protocol,
+        };
+        *resp = e.to_response(&info.request_id);
+        return;
+    };
+    keep_upgrade_headers(resp.headers_mut());
+    crate::tunnel::spawn(
+        client,
+        upstream,
+        idle,
+        conn.hold.as_ref().map(|h| h.tunnel()),
+        snapshot.metrics_arc(),
+        route.name.clone(),
+        info.request_id.clone(),
+    );
+}
+
 fn skipped() -> UpstreamOutcome {
     outcome(OutcomeResult::Skipped, 0, None)
 }
@@ -212,6 +296,7 @@ async fn call_upstream(
     headers: HeaderMap,
     body: RequestBody,
     info: &RequestInfo,
+    upgrade: bool,
 ) -> (UpstreamOutcome, Response<Body>) {
     let Some(endpoint) = upstream.pick() else {
         let kind = crate::upstream::UpstreamErrorKind::NoEndpoint;
@@ -237,13 +322,30 @@ async fn call_upstream(
     *req.version_mut() = parts.version;
     *req.headers_mut() = headers;
     let sent = Instant::now();
-    let result = upstream.send(endpoint, req).await;
+    let result = if upgrade {
+        upstream.upgrade(endpoint, req).await
+    } else {
+        upstream.send(endpoint, req).await
+    };
     let latency_us = sent.elapsed().as_micros() as u64;
     let endpoint = Some(endpoint.addr().to_string());
     match result {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             strip_hop_by_hop(resp.headers_mut());
+            if !upgrade && status == 101 {
+                // An upstream that switches protocols unasked gets no tunnel.
+                tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), "upstream answered 101 to a request that did not ask to upgrade");
+                let kind = crate::upstream::UpstreamErrorKind::Protocol;
+                let e = ProxyError::Upstream {
+                    upstream: upstream.name().to_string(),
+                    kind,
+                };
+                return (
+                    outcome(OutcomeResult::Error(kind), latency_us, endpoint),
+                    e.to_response(&info.request_id),
+                );
+            }
             (
                 outcome(OutcomeResult::Status(status), latency_us, endpoint),
                 resp,

@@ -32,6 +32,8 @@ pub struct Conn {
     pub listener: usize,
     /// What its TLS handshake negotiated, on a TLS listener.
     pub tls: Option<Arc<crate::server::tls::TlsInfo>>,
+    /// Its place in the listener, which a tunnel keeps while it runs.
+    pub hold: Option<crate::server::Hold>,
 }
 
 /// A request's id: in its log lines and in every error reply, so a client's

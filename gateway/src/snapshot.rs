@@ -30,6 +30,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Its own request body limit, if it has one.
     pub max_body_bytes: Option<u64>,
+    /// WebSocket upgrades allowed, with this tunnel idle timeout.
+    pub websocket: Option<std::time::Duration>,
 }
 
 /// An immutable, validated configuration.
@@ -100,7 +102,7 @@ impl Snapshot {
                 upstreams.insert(name.clone(), prev.clone());
                 continue;
             }
-            match Upstream::new(name, u) {
+            match Upstream::new(name, u, base) {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
@@ -237,6 +239,20 @@ impl Snapshot {
                     Err(e) => errors.push(ConfigError::at(format!("{at}.config"), e.to_string())),
                 }
             }
+            if let Some(w) = &r.websocket {
+                if w.idle_timeout_ms == 0 {
+                    errors.push(ConfigError::at(
+                        format!("routes[{i}].websocket.idle_timeout_ms"),
+                        "must be at least 1",
+                    ));
+                }
+                if upstreams.get(&r.upstream).is_some_and(|u| !u.is_http1()) {
+                    errors.push(ConfigError::at(
+                        format!("routes[{i}].websocket"),
+                        "WebSocket upgrades need an http1 upstream",
+                    ));
+                }
+            }
             if let Some(up) = upstreams.get(&r.upstream) {
                 routes.push(Route {
                     name: Arc::from(r.name.as_str()),
@@ -244,6 +260,10 @@ impl Snapshot {
                     chain,
                     metrics: runtime.metrics().route(&r.name),
                     max_body_bytes: r.max_body_bytes,
+                    websocket: r
+                        .websocket
+                        .as_ref()
+                        .map(|w| std::time::Duration::from_millis(w.idle_timeout_ms)),
                 });
             }
         }
@@ -408,6 +428,11 @@ impl Snapshot {
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The process's metrics, shared (for tasks that outlive a request).
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Number of routes.

@@ -77,6 +77,9 @@ pub(crate) fn outcome(o: &UpstreamOutcome) -> types::UpstreamOutcome {
                 UpstreamErrorKind::Reset => E::Reset,
                 UpstreamErrorKind::NoEndpoint => E::NoEndpoint,
                 UpstreamErrorKind::Protocol => E::Protocol,
+                // The 0.1 enum is closed: a refused certificate reads as
+                // the connect failure it is to a plugin.
+                UpstreamErrorKind::Certificate => E::ConnectFailed,
             }),
         },
         latency_us: o.latency_us,

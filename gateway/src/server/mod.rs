@@ -135,6 +135,68 @@ impl Tracker {
     }
 }
 
+/// A connection's place in its listener, shared by its task and by the
+/// requests and tunnels on it: the listener counts the connection open (so
+/// a drain waits for it) until every holder is gone.
+#[derive(Clone)]
+pub struct Hold(Arc<HoldInner>);
+
+struct HoldInner {
+    id: u64,
+    tracker: Arc<Tracker>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for HoldInner {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hold({})", self.0.id)
+    }
+}
+
+impl Hold {
+    /// Count a tunnel (an upgraded connection) as a request in flight, so
+    /// it is never shed as idle, until the guard drops.
+    pub fn tunnel(&self) -> TunnelGuard {
+        self.0.tracker.in_flight.fetch_add(1, Ordering::SeqCst);
+        TunnelGuard(self.clone())
+    }
+}
+
+/// A running tunnel's claim on its connection.
+pub struct TunnelGuard(Hold);
+
+impl TunnelGuard {
+    /// Resolves when the tunnel must end now: the drain deadline passed.
+    /// (A graceful drain lets tunnels run until then.)
+    pub async fn cut(&self) {
+        let t = &self.0 .0.tracker;
+        loop {
+            let woken = t.wake.notified();
+            if t.mode.load(Ordering::SeqCst) == ABORT {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let inner = &self.0 .0;
+        inner
+            .tracker
+            .last_active_ms
+            .store(inner.registry.now_ms(), Ordering::Relaxed);
+        inner.tracker.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The open connections of one listener.
 struct Registry {
     epoch: Instant,
@@ -311,11 +373,13 @@ pub async fn serve<H: Handler>(
                 }
                 let _ = stream.set_nodelay(true);
                 let (id, tracker) = registry.add();
-                let conn = Conn { client: peer, scheme: "http", listener: index, tls: None };
+                let hold = Hold(Arc::new(HoldInner { id, tracker: tracker.clone(), registry: registry.clone() }));
+                let conn = Conn { client: peer, scheme: "http", listener: index, tls: None, hold: Some(hold) };
                 let (registry, settings, handler) = (registry.clone(), settings.clone(), handler.clone());
                 tokio::spawn(async move {
+                    // The connection leaves the registry when the last
+                    // holder (this task, a request, a tunnel) is gone.
                     connection(stream, conn, &tracker, &registry, &settings, handler).await;
-                    registry.remove(id);
                 });
             }
             _ = stop.changed() => break,
@@ -487,7 +551,7 @@ async fn http<S, H>(
             if settings.max_headers != 100 {
                 b.max_headers(settings.max_headers);
             }
-            let c = b.serve_connection(io, service);
+            let c = b.serve_connection(io, service).with_upgrades();
             watch_connection(c, &conn, tracker, registry, settings).await;
         }
         Protocol::Http2 => {
@@ -513,6 +577,19 @@ where
     hyper::server::conn::http1::Connection<I, S>: Future<Output = hyper::Result<()>>,
     S: hyper::service::HttpService<Incoming>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    hyper::server::conn::http1::UpgradeableConnection<I, S>: Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S::ResBody: http_body::Body + 'static,
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -3,6 +3,7 @@
 //! ([`pool`]).
 
 mod pool;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::body::Body;
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{Balance, UpstreamConfig, UpstreamProtocol};
 use pool::EndpointPool;
 
 /// How an upstream call failed.
@@ -28,9 +29,14 @@ pub enum UpstreamErrorKind {
     /// Nothing to send to.
     #[error("no endpoint")]
     NoEndpoint,
-    /// The answer was not valid HTTP.
+    /// The answer was not valid HTTP (or TLS failed for a reason other
+    /// than the certificate).
     #[error("protocol error")]
     Protocol,
+    /// The endpoint's TLS certificate was refused: untrusted, expired, or
+    /// not for the server name.
+    #[error("certificate refused")]
+    Certificate,
 }
 
 impl UpstreamErrorKind {
@@ -42,6 +48,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Reset => "upstream_reset",
             UpstreamErrorKind::NoEndpoint => "upstream_no_endpoint",
             UpstreamErrorKind::Protocol => "upstream_protocol_error",
+            UpstreamErrorKind::Certificate => "upstream_certificate_invalid",
         }
     }
 }
@@ -60,7 +67,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// Build from config; `Err` names the offending field.
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, (String, String)> {
+    pub fn new(
+        name: &str,
+        cfg: &UpstreamConfig,
+        base: &std::path::Path,
+    ) -> Result<Upstream, (String, String)> {
         if cfg.endpoints.is_empty() {
             return Err((
                 "endpoints".into(),
@@ -91,6 +102,25 @@ impl Upstream {
             Balance::RoundRobin => vec![1; cfg.endpoints.len()],
             Balance::Weighted => cfg.endpoints.iter().map(|e| e.weight).collect(),
         };
+        match (cfg.protocol, &cfg.tls) {
+            (UpstreamProtocol::H2, None) => {
+                return Err((
+                    "protocol".into(),
+                    "h2 is HTTP/2 over TLS: set tls, or use h2c for cleartext".into(),
+                ))
+            }
+            (UpstreamProtocol::H2c, Some(_)) => {
+                return Err((
+                    "protocol".into(),
+                    "h2c is cleartext HTTP/2: use h2 with tls".into(),
+                ))
+            }
+            _ => {}
+        }
+        let tls = match &cfg.tls {
+            Some(t) => Some(tls::Connector::new(t, cfg.protocol, base)?),
+            None => None,
+        };
         let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
         let endpoints = cfg
             .endpoints
@@ -100,6 +130,8 @@ impl Upstream {
                     e.address,
                     cfg.max_idle_per_endpoint,
                     connect_timeout,
+                    cfg.protocol,
+                    tls.clone(),
                 ))
             })
             .collect();
@@ -144,6 +176,27 @@ impl Upstream {
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, UpstreamErrorKind> {
         match tokio::time::timeout(self.request_timeout, endpoint.0.send(req)).await {
+            Err(_) => Err(UpstreamErrorKind::Timeout),
+            Ok(result) => result,
+        }
+    }
+}
+
+impl Upstream {
+    /// Whether it speaks HTTP/1.1 (so upgrades can go through).
+    pub fn is_http1(&self) -> bool {
+        self.config.protocol == UpstreamProtocol::Http1
+    }
+
+    /// Send an upgrade request (WebSocket) on a connection of its own and
+    /// wait for the response head within the request deadline. On a 101 the
+    /// response carries the upgraded connection (`hyper::upgrade::on`).
+    pub async fn upgrade(
+        &self,
+        endpoint: Endpoint<'_>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        match tokio::time::timeout(self.request_timeout, endpoint.0.upgrade(req)).await {
             Err(_) => Err(UpstreamErrorKind::Timeout),
             Ok(result) => result,
         }

@@ -1,6 +1,7 @@
-//! Keep-alive HTTP/1.1 connections to one endpoint, on hyper's client
-//! connection API: connect, reuse, and the retry of a request that a pooled
-//! connection closed before it was written.
+//! Connections to one endpoint, on hyper's client connection API:
+//! keep-alive HTTP/1.1 connections (connect, reuse, and the retry of a
+//! request that a pooled connection closed before it was written), one
+//! shared HTTP/2 connection, and one-off connections for upgrades.
 //!
 //! A connection is checked out for one exchange and comes back when its
 //! response body has been read to the end ([`PooledBody`]); a body dropped
@@ -19,13 +20,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::tls::{Connector, Stream};
 use super::UpstreamErrorKind;
 use crate::body::{Body, BodyError};
+use crate::config::UpstreamProtocol;
 
 /// How long an idle connection is kept for reuse.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -53,6 +56,10 @@ pub(crate) struct EndpointPool {
     slots: Mutex<Slots>,
     max_idle: usize,
     connect_timeout: Duration,
+    protocol: UpstreamProtocol,
+    tls: Option<Connector>,
+    /// HTTP/2: the connection all requests share, while it is open.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -68,13 +75,23 @@ impl EndpointPool {
         addr: SocketAddr,
         max_idle: usize,
         connect_timeout: Duration,
+        protocol: UpstreamProtocol,
+        tls: Option<Connector>,
     ) -> EndpointPool {
         EndpointPool {
             addr,
             slots: Mutex::default(),
             max_idle,
             connect_timeout,
+            protocol,
+            tls,
+            h2: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether requests to it go over HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.protocol != UpstreamProtocol::Http1
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -89,6 +106,9 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        if self.is_h2() {
+            return self.send_h2(req).await;
+        }
         let (mut sender, mut reused) = match self.checkout() {
             Some(s) => (s, true),
             None => self.connect_or_wait().await?,
@@ -112,6 +132,87 @@ impl EndpointPool {
                 }
                 _ => Err(classify(e.error())),
             },
+        }
+    }
+
+    /// HTTP/2: the request on the shared connection, with the scheme and
+    /// authority HTTP/2 carries as pseudo-headers.
+    async fn send_h2(
+        &self,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| {
+                http::uri::Authority::try_from(self.addr.to_string())
+                    .expect("an address is an authority")
+            });
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(match self.protocol {
+            UpstreamProtocol::H2 => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
+        });
+        uri.authority = Some(authority);
+        *req.uri_mut() = http::Uri::from_parts(uri).map_err(|_| UpstreamErrorKind::Protocol)?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = self.h2_sender().await?;
+        sender.ready().await.map_err(|e| classify(&e))?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(crate::body::boxed)),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    /// The shared HTTP/2 connection, opened when there is none (one request
+    /// opens it; the others wait for it rather than open their own).
+    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamErrorKind> {
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let stream = self.open().await?;
+        if self.protocol == UpstreamProtocol::H2 && stream.alpn() != Some(b"h2") {
+            tracing::warn!(endpoint = %self.addr, "upstream did not agree to HTTP/2 in ALPN");
+            return Err(UpstreamErrorKind::Protocol);
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| classify(&e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// An upgrade request (WebSocket) on a connection of its own: after a
+    /// 101 the connection is the tunnel's, never the pool's.
+    pub(crate) async fn upgrade(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+        let stream = self.open().await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| classify(&e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(endpoint = %addr, error = %e, "upstream upgrade connection ended");
+            }
+        });
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(crate::body::boxed)),
+            Err(e) => Err(classify(&e)),
         }
     }
 
@@ -200,18 +301,33 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, UpstreamErrorKind> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-                Err(_) => return Err(UpstreamErrorKind::Timeout),
-                Ok(Err(e)) => {
+    /// A new connection: TCP, then TLS when configured, both within the
+    /// connect deadline.
+    async fn open(&self) -> Result<Stream, UpstreamErrorKind> {
+        let open = async {
+            let tcp = match TcpStream::connect(self.addr).await {
+                Ok(s) => s,
+                Err(e) => {
                     tracing::debug!(endpoint = %self.addr, error = %e, "upstream connect failed");
                     return Err(UpstreamErrorKind::ConnectFailed);
                 }
-                Ok(Ok(s)) => s,
             };
-        // Request heads are small and written whole; Nagle would only delay them.
-        let _ = stream.set_nodelay(true);
+            // Request heads are small and written whole; Nagle would only
+            // delay them.
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => tls.connect(tcp, self.addr).await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, open).await {
+            Err(_) => Err(UpstreamErrorKind::Timeout),
+            Ok(r) => r,
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamErrorKind> {
+        let stream = self.open().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| classify(&e))?;

@@ -74,8 +74,11 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
         connect_timeout_ms: 1_000,
         request_timeout_ms: 1_000,
         max_idle_per_endpoint: 1,
+        protocol: Default::default(),
+        tls: None,
     };
-    let upstream = Arc::new(Upstream::new("b", &upstream).expect("valid upstream"));
+    let upstream =
+        Arc::new(Upstream::new("b", &upstream, std::path::Path::new(".")).expect("valid upstream"));
     let mut parts = parts.clone();
     pool.on_request(&mut parts, &info, &upstream)
         .await

@@ -18,3 +18,4 @@ mod reload;
 mod serve;
 mod tls;
 mod trust;
+mod websocket;

@@ -1,0 +1,258 @@
+//! WebSocket through the gateway with a real client and server
+//! (tokio-tungstenite): auth runs before the upgrade, the tunnel opens only
+//! on the upstream's 101, routes without `websocket` strip the upgrade, and
+//! tunnels end at their idle timeout and at the drain deadline.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use wicket_tests::{backend, fill, Backend, HttpClient, TestGateway};
+
+/// A WebSocket echo server; counts the handshakes it accepted.
+async fn echo_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, SeqCst);
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn gateway(ws: std::net::SocketAddr, plain: &Backend, extra: &str) -> TestGateway {
+    let yaml = fill(
+        &format!(
+            r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+drain_timeout_ms: 300
+plugins:
+  key-auth: {{ module: "{{plugin:key-auth}}" }}
+upstreams:
+  ws: {{ endpoints: [{{ address: "{ws}" }}] }}
+  plain: {{ endpoints: [{{ address: "{{backend:plain}}" }}] }}
+routes:
+  - name: chat
+    match: {{ path: "/chat" }}
+    upstream: ws
+    websocket: {{ {extra} }}
+    plugins:
+      - {{ name: key-auth, config: {{ keys: {{ "k-alice": alice }} }} }}
+  - name: not-ws
+    match: {{ path: "/plain" }}
+    upstream: plain
+    websocket: {{}}
+  - name: no-upgrades
+    match: {{ path: "/no-upgrades" }}
+    upstream: plain
+"#
+        ),
+        &[("plain", plain)],
+    );
+    TestGateway::start(&yaml).await
+}
+
+fn ws_request(gw: &TestGateway, path: &str, key: Option<&str>) -> http::Request<()> {
+    let mut req = format!("ws://{}{path}", gw.gateway.addrs()[0])
+        .into_client_request()
+        .unwrap();
+    if let Some(k) = key {
+        req.headers_mut().insert("x-api-key", k.parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_works_through_the_gateway_after_auth() {
+    let (ws, accepted) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let (mut client, resp) =
+        tokio_tungstenite::connect_async(ws_request(&gw, "/chat", Some("k-alice")))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        let text = format!("hello {i}");
+        client.send(Message::text(text.clone())).await.unwrap();
+        let echoed = client.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    client
+        .send(Message::binary(vec![7u8; 100_000]))
+        .await
+        .unwrap();
+    assert_eq!(client.next().await.unwrap().unwrap().len(), 100_000);
+    // The closing handshake: our Close, the server's, then the end.
+    client.close(None).await.unwrap();
+    while let Some(Ok(_)) = client.next().await {}
+    drop(client);
+    assert_eq!(accepted.load(SeqCst), 1);
+
+    // The tunnel's bytes are counted once it has closed.
+    let admin = HttpClient::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = admin.get(&gw.admin_url("/metrics"), &[]).await;
+        let text = String::from_utf8_lossy(&m.body).to_string();
+        if text.contains("wicket_websocket_tunnels_total{route=\"chat\",end=\"closed\"} 1") {
+            let up = text
+                .lines()
+                .find(|l| {
+                    l.starts_with("wicket_websocket_bytes_total{")
+                        && l.contains("route=\"chat\"")
+                        && l.contains("direction=\"upstream\"")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap();
+            assert!(up > 100_000, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_without_the_key_is_refused_before_any_upgrade() {
+    let (ws, accepted) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let err = tokio_tungstenite::connect_async(ws_request(&gw, "/chat", None))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+    assert_eq!(accepted.load(SeqCst), 0, "the upstream never saw it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_answer_101_gets_no_tunnel() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    // The echo backend answers 200 to the upgrade: the client gets that
+    // answer as plain HTTP, and the connection stays HTTP.
+    let err = tokio_tungstenite::connect_async(ws_request(&gw, "/plain", None))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 200);
+            let body = resp.body().as_deref().unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+            // It was asked to upgrade, and refused by answering 200.
+            assert_eq!(json["headers"]["upgrade"][0], "websocket");
+        }
+        other => panic!("expected an HTTP answer, got {other:?}"),
+    }
+    // A raw client: after the 200, the same connection serves HTTP.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET /plain HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.windows(12).filter(|w| w == b"HTTP/1.1 200").count() < 2 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("two answers in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_websocket_forwards_the_request_without_upgrade() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let r = HttpClient::new()
+        .get(
+            &gw.url("/no-upgrades"),
+            &[("upgrade", "websocket"), ("connection", "upgrade")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("upgrade"), None);
+    assert_eq!(r.echoed_header("connection"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_at_its_idle_timeout() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "idle_timeout_ms: 300").await;
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(ws_request(&gw, "/chat", Some("k-alice")))
+            .await
+            .unwrap();
+    client.send(Message::text("ping")).await.unwrap();
+    assert!(client.next().await.unwrap().is_ok());
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .expect("closed by the gateway");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "no data, just the end: {end:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_open_tunnels_at_its_deadline() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(ws_request(&gw, "/chat", Some("k-alice")))
+            .await
+            .unwrap();
+    client.send(Message::text("ping")).await.unwrap();
+    assert!(client.next().await.unwrap().is_ok());
+    let started = std::time::Instant::now();
+    // drain_timeout_ms is 300: shutdown waits for the tunnel, then cuts it.
+    tokio::time::timeout(Duration::from_secs(5), gw.gateway.shutdown())
+        .await
+        .expect("shutdown finished");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the tunnel was waited for"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .expect("the tunnel is closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
