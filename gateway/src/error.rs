@@ -122,6 +122,8 @@ impl ProxyError {
             "request_id": request_id.as_str(),
         });
         let mut resp = json_response(self.status(), json.to_string());
+        resp.extensions_mut()
+            .insert(crate::grpc::ErrorMessage(self.client_message()));
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             resp.headers_mut().insert("x-request-id", v);
         }

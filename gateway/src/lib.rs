@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod grpc;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

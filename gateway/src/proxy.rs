@@ -38,6 +38,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     let id = RequestId::next();
     let (mut parts, body) = req.into_parts();
     let listener = snapshot.listener(conn.listener);
+    let grpc = crate::grpc::kind(&parts.headers);
 
     // 1. Admit: head within limits, one authority (covered by the TLS
     //    certificate, if any), one normalised path.
@@ -69,6 +70,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     if upgrade.is_some() {
         keep_upgrade_headers(&mut parts.headers);
     }
+    let exchange = Exchange::new(grpc.as_ref(), &mut parts.headers);
     let info = Arc::new(RequestInfo {
         scheme: conn.scheme,
         authority,
@@ -93,13 +95,16 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
                 std::mem::take(&mut parts.headers)
             };
             let mut headers = headers;
-            let upgrade = upgrade.is_some() && pass.upstream.is_http1();
-            if !upgrade {
+            let exchange = Exchange {
+                upgrade: upgrade.is_some() && pass.upstream.is_http1(),
+                ..exchange
+            };
+            if !exchange.upgrade {
                 // A plugin chose an upstream that cannot upgrade: a plain request.
                 headers.remove(header::UPGRADE);
                 headers.remove(header::CONNECTION);
             }
-            call_upstream(&pass.upstream, &parts, headers, body, &info, upgrade).await
+            call_upstream(&pass.upstream, &parts, headers, body, &info, exchange).await
         }
     };
     // 6. Plugins, on-response, in reverse order.
@@ -110,6 +115,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     if let Some((client, idle)) = upgrade {
         open_tunnel(&snapshot, &mut resp, client, idle, route, &conn, &info);
     }
+    let resp = finish_grpc(grpc.as_ref(), resp);
     // 8. Log and count.
     record(
         &snapshot,
@@ -290,13 +296,63 @@ fn skipped() -> UpstreamOutcome {
     outcome(OutcomeResult::Skipped, 0, None)
 }
 
+/// How a request is sent upstream besides the plain exchange.
+#[derive(Debug, Clone, Copy, Default)]
+struct Exchange {
+    /// A WebSocket upgrade, on a connection of its own.
+    upgrade: bool,
+    /// gRPC: the body streams (never buffered first), `te: trailers` kept.
+    stream_body: bool,
+    /// gRPC-Web text: the body is base64 to decode.
+    decode_base64: bool,
+    /// gRPC: the call's own deadline (`grpc-timeout`).
+    deadline: Option<std::time::Duration>,
+}
+
+impl Exchange {
+    /// From the request's gRPC kind, with its head made ready for the
+    /// upstream (gRPC-Web becomes gRPC; `te: trailers` for either).
+    fn new(grpc: Option<&crate::grpc::Kind>, headers: &mut HeaderMap) -> Exchange {
+        let Some(kind) = grpc else {
+            return Exchange::default();
+        };
+        let mut exchange = Exchange {
+            stream_body: true,
+            deadline: crate::grpc::timeout(headers),
+            ..Exchange::default()
+        };
+        match kind {
+            crate::grpc::Kind::Grpc => {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            crate::grpc::Kind::Web { text, suffix } => {
+                crate::grpc::web_head(headers, *text, suffix);
+                exchange.decode_base64 = *text;
+            }
+        }
+        exchange
+    }
+}
+
+/// A gRPC request gets a gRPC answer, whoever gave it (gRPC-Web: encoded
+/// back for the browser).
+fn finish_grpc(grpc: Option<&crate::grpc::Kind>, resp: Response<Body>) -> Response<Body> {
+    match grpc {
+        None => resp,
+        Some(crate::grpc::Kind::Grpc) => crate::grpc::reframe(resp),
+        Some(crate::grpc::Kind::Web { text, suffix }) => {
+            crate::grpc::web_response(crate::grpc::reframe(resp), *text, suffix)
+        }
+    }
+}
+
 async fn call_upstream(
     upstream: &crate::upstream::Upstream,
     parts: &http::request::Parts,
     headers: HeaderMap,
     body: RequestBody,
     info: &RequestInfo,
-    upgrade: bool,
+    exchange: Exchange,
 ) -> (UpstreamOutcome, Response<Body>) {
     let Some(endpoint) = upstream.pick() else {
         let kind = crate::upstream::UpstreamErrorKind::NoEndpoint;
@@ -309,12 +365,17 @@ async fn call_upstream(
             e.to_response(&info.request_id),
         );
     };
-    let (body, verdict) = match body.into_upstream().await {
+    let (body, verdict) = match body.into_upstream(exchange.stream_body).await {
         Ok(b) => b,
         Err(refusal) => {
             let e = body_refused(info, refusal);
             return (skipped(), e.to_response(&info.request_id));
         }
+    };
+    let body = if exchange.decode_base64 {
+        crate::grpc::decode_base64(body)
+    } else {
+        body
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
@@ -322,10 +383,10 @@ async fn call_upstream(
     *req.version_mut() = parts.version;
     *req.headers_mut() = headers;
     let sent = Instant::now();
-    let result = if upgrade {
+    let result = if exchange.upgrade {
         upstream.upgrade(endpoint, req).await
     } else {
-        upstream.send(endpoint, req).await
+        upstream.send(endpoint, req, exchange.deadline).await
     };
     let latency_us = sent.elapsed().as_micros() as u64;
     let endpoint = Some(endpoint.addr().to_string());
@@ -333,7 +394,12 @@ async fn call_upstream(
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             strip_hop_by_hop(resp.headers_mut());
-            if !upgrade && status == 101 {
+            if let Some(limit) = exchange.deadline {
+                // The deadline covers the whole call, streamed body and all.
+                let at = tokio::time::Instant::from_std(sent) + limit;
+                resp = resp.map(|b| crate::body::boxed(crate::grpc::Deadline::new(b, at)));
+            }
+            if !exchange.upgrade && status == 101 {
                 // An upstream that switches protocols unasked gets no tunnel.
                 tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), "upstream answered 101 to a request that did not ask to upgrade");
                 let kind = crate::upstream::UpstreamErrorKind::Protocol;
@@ -469,7 +535,7 @@ fn finish_early(
         id,
         started,
     );
-    resp
+    finish_grpc(crate::grpc::kind(&parts.headers).as_ref(), resp)
 }
 
 #[allow(clippy::too_many_arguments)]

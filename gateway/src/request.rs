@@ -200,13 +200,16 @@ impl RequestBody {
     /// The body to send upstream. A body of declared length streams; one of
     /// unknown length (chunked, or HTTP/2 without `Content-Length`) is read
     /// whole first, up to the limit, as nginx does: otherwise the upstream
-    /// would already hold the start of a request the gateway refuses.
+    /// would already hold the start of a request the gateway refuses. With
+    /// `stream` (gRPC, whose calls stream both ways and frame their own
+    /// messages) it streams regardless, still bounded.
     pub async fn into_upstream(
         self,
+        stream: bool,
     ) -> Result<(crate::body::Body, Option<Arc<OnceLock<Refusal>>>), Refusal> {
         use http_body_util::BodyExt;
         let verdict = self.verdict.clone();
-        if self.is_end_stream() || self.size_hint().exact().is_some() {
+        if stream || self.is_end_stream() || self.size_hint().exact().is_some() {
             return Ok((crate::body::boxed(self), verdict));
         }
         match self.collect().await {

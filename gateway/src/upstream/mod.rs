@@ -168,14 +168,17 @@ impl Upstream {
     }
 
     /// Send `req` (origin-form URI: path and query; `Host` set) to `endpoint`
-    /// and wait for the response head, within the request deadline (connect
-    /// included; the connect deadline also applies on its own).
+    /// and wait for the response head, within the request deadline or
+    /// `limit` if that is sooner (connect included; the connect deadline
+    /// also applies on its own).
     pub async fn send(
         &self,
         endpoint: Endpoint<'_>,
         req: http::Request<Body>,
+        limit: Option<Duration>,
     ) -> Result<http::Response<Body>, UpstreamErrorKind> {
-        match tokio::time::timeout(self.request_timeout, endpoint.0.send(req)).await {
+        let deadline = limit.map_or(self.request_timeout, |l| l.min(self.request_timeout));
+        match tokio::time::timeout(deadline, endpoint.0.send(req)).await {
             Err(_) => Err(UpstreamErrorKind::Timeout),
             Ok(result) => result,
         }

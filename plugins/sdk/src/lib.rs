@@ -557,6 +557,33 @@ impl Response {
         Response::json(status, &body.to_string())
     }
 
+    /// A gRPC error in gRPC's *trailers-only* form: HTTP 200,
+    /// `content-type: application/grpc`, `grpc-status: code` and the
+    /// percent-encoded `grpc-message`, no body. For a refusal a gRPC client
+    /// understands (16 unauthenticated, 7 permission denied, 8 resource
+    /// exhausted, 14 unavailable). A JSON refusal to a gRPC request is
+    /// turned into one by the gateway anyway, with the code its HTTP
+    /// status stands for; this one says exactly what the plugin means.
+    pub fn grpc_error(code: u32, message: &str) -> Response {
+        let mut encoded = String::with_capacity(message.len());
+        for b in message.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Response {
+            status: 200,
+            headers: vec![
+                header("content-type", "application/grpc"),
+                header("grpc-status", code.to_string()),
+                header("grpc-message", encoded),
+            ],
+            body: Vec::new(),
+        }
+    }
+
     /// Add a header.
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Response {
         self.headers.push(header(name, value));
@@ -572,6 +599,25 @@ pub fn log_info(message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_error_is_trailers_only_with_an_encoded_message() {
+        let r = Response::grpc_error(16, "no key: 100% sure ✓");
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        let get = |n: &str| {
+            r.headers
+                .iter()
+                .find(|h| h.name == n)
+                .map(|h| String::from_utf8(h.value.clone()).unwrap())
+        };
+        assert_eq!(get("content-type").as_deref(), Some("application/grpc"));
+        assert_eq!(get("grpc-status").as_deref(), Some("16"));
+        assert_eq!(
+            get("grpc-message").as_deref(),
+            Some("no key: 100%25 sure %E2%9C%93")
+        );
+    }
 
     #[test]
     fn query_without_drops_every_pair_of_the_name_only() {

@@ -6,6 +6,7 @@ mod admin_state;
 mod cancellation;
 mod config;
 mod contract;
+mod grpc;
 mod limits;
 mod module_cache;
 mod policy_auth;
