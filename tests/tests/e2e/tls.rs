@@ -421,3 +421,185 @@ async fn the_redirect_listener_sends_clients_to_https() {
     let r = c.get(&url, &[("host", "bad host")]).await;
     assert_eq!(r.status, 400);
 }
+
+/// An HTTPS echo origin: hyper's auto server (HTTP/1.1 and h2 by ALPN)
+/// over TLS with `cert`, asking for a client certificate from `client_ca`
+/// when given. Answers `{"alpn", "version", "client"}`.
+async fn https_origin(cert: &pki::Issued, client_ca: Option<&Ca>) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+                .unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+    };
+    let mut config = builder
+        .with_single_cert(
+            rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert.as_bytes())
+                .map(|c| c.unwrap())
+                .collect(),
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (_, session) = tls.get_ref();
+                let alpn = session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                let client = session.peer_certificates().is_some();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let json = serde_json::json!({
+                            "alpn": alpn,
+                            "version": format!("{:?}", req.version()),
+                            "client_cert": client,
+                            "path": req.uri().path(),
+                        });
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(json.to_string())),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_over_tls_verify_their_certificate_and_speak_http1_or_h2() {
+    let ca = Ca::new("Upstream CA");
+    let client_ca = Ca::new("Gateway client CA");
+    let origin = https_origin(&ca.server(&["origin.internal"], Validity::Current), None).await;
+    let mtls_origin = https_origin(
+        &ca.server(&["origin.internal"], Validity::Current),
+        Some(&client_ca),
+    )
+    .await;
+    let dir = scratch_dir("upstream-tls");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    client_ca
+        .client("wicket", "wicket.internal")
+        .write(&dir, "gateway-client");
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+upstreams:
+  h1: {{ tls: {{ server_name: origin.internal, ca: ca.pem }}, endpoints: [{{ address: "{origin}" }}] }}
+  h2: {{ protocol: h2, tls: {{ server_name: origin.internal, ca: ca.pem }}, endpoints: [{{ address: "{origin}" }}] }}
+  wrong-name: {{ tls: {{ server_name: other.internal, ca: ca.pem }}, endpoints: [{{ address: "{origin}" }}] }}
+  system-roots: {{ tls: {{ server_name: origin.internal }}, endpoints: [{{ address: "{origin}" }}] }}
+  unverified: {{ tls: {{ verify: false }}, endpoints: [{{ address: "{origin}" }}] }}
+  mtls:
+    tls:
+      server_name: origin.internal
+      ca: ca.pem
+      client_certificate: {{ cert: gateway-client.crt, key: gateway-client.key }}
+    endpoints: [{{ address: "{mtls_origin}" }}]
+  mtls-without: {{ tls: {{ server_name: origin.internal, ca: ca.pem }}, endpoints: [{{ address: "{mtls_origin}" }}] }}
+routes:
+  - {{ name: h1, match: {{ path: "/h1" }}, upstream: h1 }}
+  - {{ name: h2, match: {{ path: "/h2" }}, upstream: h2 }}
+  - {{ name: wrong-name, match: {{ path: "/wrong-name" }}, upstream: wrong-name }}
+  - {{ name: system-roots, match: {{ path: "/system-roots" }}, upstream: system-roots }}
+  - {{ name: unverified, match: {{ path: "/unverified" }}, upstream: unverified }}
+  - {{ name: mtls, match: {{ path: "/mtls" }}, upstream: mtls }}
+  - {{ name: mtls-without, match: {{ path: "/mtls-without" }}, upstream: mtls-without }}
+"#
+    );
+    let config_path = dir.join("wicket.yaml");
+    std::fs::write(&config_path, fill(&yaml, &[])).unwrap();
+    let gw = TestGateway::start_file(config_path, wicket::Clock::system(), false).await;
+    let c = HttpClient::new();
+
+    let r = c.get(&gw.url("/h1"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["alpn"], "http/1.1");
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    for _ in 0..3 {
+        let r = c.get(&gw.url("/h2"), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["alpn"], "h2");
+        assert_eq!(r.json()["version"], "HTTP/2.0");
+    }
+    // Verification is on by default: a wrong name, or a CA only the test
+    // knows (not among the system's roots), is refused as a certificate
+    // failure.
+    for path in ["/wrong-name", "/system-roots"] {
+        let r = c.get(&gw.url(path), &[]).await;
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.json()["error"], "upstream_certificate_invalid", "{path}");
+    }
+    let r = c.get(&gw.url("/unverified"), &[]).await;
+    assert_eq!(r.status, 200);
+    // Mutual TLS to the upstream.
+    let r = c.get(&gw.url("/mtls"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["client_cert"], true);
+    let r = c.get(&gw.url("/mtls-without"), &[]).await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_settings_that_cannot_work_are_refused() {
+    let dir = scratch_dir("upstream-bad");
+    for (upstream, at, what) in [
+        ("{ protocol: h2, endpoints: [{ address: \"127.0.0.1:1\" }] }", "upstreams.u.protocol", "set tls"),
+        (
+            "{ protocol: h2c, tls: {}, endpoints: [{ address: \"127.0.0.1:1\" }] }",
+            "upstreams.u.protocol",
+            "cleartext",
+        ),
+        (
+            "{ tls: { ca: missing.pem }, endpoints: [{ address: \"127.0.0.1:1\" }] }",
+            "upstreams.u.tls.ca",
+            "cannot read",
+        ),
+        (
+            "{ protocol: h2c, endpoints: [{ address: \"127.0.0.1:1\" }] }\nroutes: [{ name: r, match: { path: \"/\" }, upstream: u, websocket: {} }]",
+            "routes[0].websocket",
+            "http1",
+        ),
+    ] {
+        let path = dir.join("wicket.yaml");
+        let routes = if upstream.contains("routes:") { "" } else { "\nroutes: []" };
+        std::fs::write(
+            &path,
+            format!("listeners: [{{ address: \"127.0.0.1:0\" }}]\nupstreams:\n  u: {upstream}{routes}\n"),
+        )
+        .unwrap();
+        let err = wicket::gateway::validate(&path).await.unwrap_err().to_string();
+        assert!(err.contains(at) && err.contains(what), "{upstream}: {err}");
+    }
+}

@@ -28,10 +28,8 @@ async fn echo_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
                 };
                 count.fetch_add(1, SeqCst);
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
