@@ -11,6 +11,9 @@ WORK_DIR/rates holds `nginx-max` (the req/s the rates are fractions of) and
 `<percent>-<proxy>.json`, one line of loadgen output (or `{"skipped": true}`).
 WORK_DIR/h2 holds `<body>-<proxy>.h2load` (h2load output, or `no-h2c`) and
 `.meta` per case.
+WORK_DIR/tls holds `keepalive-<proxy>.wrk`, `h2-<proxy>.h2load` and
+`handshake-<proxy>.wrk`, each with its `.meta`; WORK_DIR/ws holds
+`<proxy>.json` (ws-echo's line) and `.meta`.
 """
 
 import json
@@ -168,6 +171,84 @@ def print_h2(work: Path) -> None:
     print()
 
 
+def cpu_per(meta_path: Path, n: int) -> float:
+    meta = parse_meta(meta_path.read_text())
+    return meta["cpu_ticks"] / meta["hz"] * 1e6 / n if n else float("nan")
+
+
+def print_tls(work: Path) -> None:
+    tls = work / "tls"
+    if not tls.exists() or not any(tls.glob("*-nginx.*")) and not any(tls.glob("*-wicket.*")):
+        return
+    rows = []
+    for case, label in [
+        ("keepalive", "keep-alive HTTP/1.1 (wrk -c64)"),
+        ("h2", "keep-alive HTTP/2 (h2load -c16 -m4)"),
+        ("handshake", "new handshake per request (wrk -c16, Connection: close)"),
+    ]:
+        found = {}
+        for proxy in ("wicket", "nginx"):
+            if case == "h2":
+                f = tls / f"h2-{proxy}.h2load"
+                if not f.exists():
+                    continue
+                m = parse_h2load(f.read_text())
+                if m is None:
+                    continue
+                m["cpu_us"] = cpu_per(f.with_suffix(".meta"), m["done"])
+                m["errors"] = m["failed"]
+            else:
+                f = tls / f"{case}-{proxy}.wrk"
+                if not f.exists():
+                    continue
+                m = parse_wrk(f.read_text())
+                m["cpu_us"] = cpu_per(f.with_suffix(".meta"), m["requests"])
+                m["errors"] = m["non2xx"] + m["socket_errors"]
+            found[proxy] = m
+        rows.append((label, found))
+    print("## TLS termination (1 KiB bodies; Wicket without plugins and nginx)\n")
+    print("| case | proxy | req/s | ×nginx | CPU µs/req | ×nginx | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, found in rows:
+        base = found.get("nginx")
+        for proxy in ("wicket", "nginx"):
+            if proxy not in found:
+                continue
+            m = found[proxy]
+            rps_x = f"{m['rps'] / base['rps']:.2f}" if base and base["rps"] else "–"
+            cpu_x = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "–"
+            print(
+                f"| {label} | {LABELS[proxy]} | {m['rps']:,.0f} | {rps_x} | "
+                f"{m['cpu_us']:.1f} | {cpu_x} | {m['errors']} |"
+            )
+    print()
+
+
+def print_ws(work: Path) -> None:
+    ws = work / "ws"
+    found = {}
+    for proxy in ("wicket", "nginx"):
+        f = ws / f"{proxy}.json"
+        if f.exists() and f.read_text().strip():
+            m = json.loads(f.read_text())
+            m["cpu_us"] = cpu_per(f.with_suffix(".meta"), m["messages"])
+            found[proxy] = m
+    if not found:
+        return
+    print("## WebSocket echo (1 KiB binary messages, one in flight per connection)\n")
+    print("| proxy | messages/s | ×nginx | MiB/s each way | CPU µs/message | ×nginx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = found.get("nginx")
+    for proxy, m in found.items():
+        x = f"{m['messages_per_sec'] / base['messages_per_sec']:.2f}" if base else "–"
+        cx = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "–"
+        print(
+            f"| {LABELS[proxy]} | {m['messages_per_sec']:,.0f} | {x} | "
+            f"{m['bytes_per_sec'] / 1048576:.1f} | {m['cpu_us']:.1f} | {cx} |"
+        )
+    print()
+
+
 def main() -> None:
     work, machine, date = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     raw = work / "raw"
@@ -238,6 +319,8 @@ def main() -> None:
         print()
     print_rates(work)
     print_h2(work)
+    print_tls(work)
+    print_ws(work)
 
 
 if __name__ == "__main__":
