@@ -613,8 +613,10 @@ where
 }
 
 /// How long a connection closed for being idle has to finish before it is
-/// cut (a drain has its own deadline).
-const GRACE: Duration = Duration::from_secs(5);
+/// cut (a drain has its own deadline). Nothing is in flight on an idle
+/// connection: this only lets an HTTP/2 client read the GOAWAY (hyper waits
+/// for a PING ack a silent client never sends).
+const GRACE: Duration = Duration::from_secs(1);
 /// How long an abusive HTTP/2 connection has, after its GOAWAY, before it is
 /// cut; its input is no longer read meanwhile.
 const ABUSE_GRACE: Duration = Duration::from_secs(1);

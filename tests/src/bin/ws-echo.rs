@@ -61,7 +61,9 @@ async fn load(url: &str, connections: usize, duration: Duration, size: usize) {
                 .expect("connect");
             let payload = vec![b'x'; size];
             while Instant::now() < until {
-                ws.send(Message::binary(payload.clone())).await.expect("send");
+                ws.send(Message::binary(payload.clone()))
+                    .await
+                    .expect("send");
                 match ws.next().await {
                     Some(Ok(m)) if m.len() == size => {
                         done.fetch_add(1, Ordering::Relaxed);
