@@ -58,8 +58,9 @@ pub(crate) struct EndpointPool {
     connect_timeout: Duration,
     protocol: UpstreamProtocol,
     tls: Option<Connector>,
-    /// HTTP/2: the connection all requests share, while it is open.
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// HTTP/2: the connection all requests share while it is open, with a
+    /// generation that tells a replaced one from its successor.
+    h2: tokio::sync::Mutex<Option<(u64, http2::SendRequest<Body>)>>,
 }
 
 impl std::fmt::Debug for EndpointPool {
@@ -157,21 +158,74 @@ impl EndpointPool {
         uri.authority = Some(authority);
         *req.uri_mut() = http::Uri::from_parts(uri).map_err(|_| UpstreamErrorKind::Protocol)?;
         *req.version_mut() = http::Version::HTTP_2;
-        let mut sender = self.h2_sender().await?;
-        sender.ready().await.map_err(|e| classify(&e))?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(crate::body::boxed)),
-            Err(e) => Err(classify(&e)),
+        let (mut generation, mut sender) = self.h2_sender(None).await?;
+        if sender.ready().await.is_err() {
+            // Closed since it was shared out (GOAWAY, the endpoint restarted):
+            // nothing was sent on it, so a new connection is safe.
+            (generation, sender) = self.h2_sender(Some(generation)).await?;
+            sender.ready().await.map_err(|e| classify(&e))?;
         }
+        // A request without a body can be sent again as it was, should the
+        // endpoint refuse it unprocessed.
+        let replay = req.body().is_end_stream().then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let unsent = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp.map(crate::body::boxed)),
+            Err(mut e) => match (e.take_message(), replay) {
+                // Refused before it was sent (the connection went away
+                // meanwhile).
+                (Some(unsent), _) => unsent,
+                // Sent, but the endpoint says it never processed it: its
+                // GOAWAY named an earlier last stream, or it refused the
+                // stream. Safe to send again (RFC 9113 §8.7).
+                (None, Some((method, uri, headers))) if unprocessed(e.error()) => {
+                    let mut again = http::Request::new(crate::body::empty());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.version_mut() = http::Version::HTTP_2;
+                    *again.headers_mut() = headers;
+                    again
+                }
+                _ => {
+                    tracing::debug!(endpoint = %self.addr, error = ?e.error(), "HTTP/2 request failed");
+                    return Err(classify(e.error()));
+                }
+            },
+        };
+        tracing::debug!(endpoint = %self.addr, "HTTP/2 request not processed; retrying on a new connection");
+        let (_, mut sender) = self.h2_sender(Some(generation)).await?;
+        sender.ready().await.map_err(|e| classify(&e))?;
+        sender
+            .send_request(unsent)
+            .await
+            .map(|r| r.map(crate::body::boxed))
+            .map_err(|e| {
+                tracing::debug!(endpoint = %self.addr, error = ?e, "HTTP/2 request failed on a new connection");
+                classify(&e)
+            })
     }
 
-    /// The shared HTTP/2 connection, opened when there is none (one request
-    /// opens it; the others wait for it rather than open their own).
-    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamErrorKind> {
+    /// The shared HTTP/2 connection and its generation, opened when there is
+    /// none (one request opens it; the others wait for it rather than open
+    /// their own). `broken` names a generation the caller found unusable: it
+    /// is replaced, unless another request already replaced it.
+    async fn h2_sender(
+        &self,
+        broken: Option<u64>,
+    ) -> Result<(u64, http2::SendRequest<Body>), UpstreamErrorKind> {
         let mut slot = self.h2.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
-        }
+        let next = match slot.as_ref() {
+            Some((generation, s)) if !s.is_closed() && broken != Some(*generation) => {
+                return Ok((*generation, s.clone()));
+            }
+            Some((generation, _)) => generation + 1,
+            None => 0,
+        };
         let stream = self.open().await?;
         if self.protocol == UpstreamProtocol::H2 && stream.alpn() != Some(b"h2") {
             tracing::warn!(endpoint = %self.addr, "upstream did not agree to HTTP/2 in ALPN");
@@ -190,8 +244,8 @@ impl EndpointPool {
                 tracing::debug!(endpoint = %addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        *slot = Some(sender.clone());
-        Ok(sender)
+        *slot = Some((next, sender.clone()));
+        Ok((next, sender))
     }
 
     /// An upgrade request (WebSocket) on a connection of its own: after a
@@ -338,6 +392,17 @@ impl EndpointPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Whether an HTTP/2 stream failed without the endpoint processing it.
+fn unprocessed(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    match e.source().and_then(|s| s.downcast_ref::<h2::Error>()) {
+        Some(h2) => {
+            (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        }
+        None => false,
     }
 }
 
