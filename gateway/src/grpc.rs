@@ -451,7 +451,10 @@ impl HttpBody for Deadline {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        // A trailers-only answer is already at its end: say so, or hyper
+        // sends its head without END_STREAM and a gRPC client misses the
+        // status it carries.
+        self.done || self.inner.is_end_stream()
     }
 }
 

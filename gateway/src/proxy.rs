@@ -337,6 +337,10 @@ impl Exchange {
 /// A gRPC request gets a gRPC answer, whoever gave it (gRPC-Web: encoded
 /// back for the browser).
 fn finish_grpc(grpc: Option<&crate::grpc::Kind>, resp: Response<Body>) -> Response<Body> {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel opened on this answer: it must reach the client as is.
+        return resp;
+    }
     match grpc {
         None => resp,
         Some(crate::grpc::Kind::Grpc) => crate::grpc::reframe(resp),

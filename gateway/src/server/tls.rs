@@ -136,7 +136,8 @@ pub struct TlsInfo {
 /// Facts of a verified client certificate.
 #[derive(Debug, Clone)]
 pub struct ClientCert {
-    /// The subject's distinguished name, RFC 4514 style (`CN=a, O=b`).
+    /// The subject's distinguished name as RFC 4514 writes it
+    /// (`O=Example,CN=svc-a`: the last RDN first, values escaped).
     pub subject: String,
     /// Its subjectAltName entries: DNS names, IP addresses, URIs, emails.
     pub sans: Vec<String>,
@@ -151,7 +152,7 @@ impl ClientCert {
         // here leaves only the fingerprint.
         match x509_parser::parse_x509_certificate(der.as_ref()) {
             Ok((_, cert)) => ClientCert {
-                subject: cert.subject().to_string(),
+                subject: rfc4514(cert.subject()),
                 sans: alt_names(&cert)
                     .into_iter()
                     .map(|n| n.to_string())
@@ -165,6 +166,54 @@ impl ClientCert {
             },
         }
     }
+}
+
+/// A distinguished name as RFC 4514 writes it: the last RDN first, values
+/// escaped (`,` `+` `"` `\` `<` `>` `;`, a leading `#` or space, a trailing
+/// space), so no value can pass for another attribute. A value that is not
+/// a string is written `#` and its DER in hex, as the RFC says.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                    let value = match attr.as_str() {
+                        Ok(v) => escape_dn_value(v),
+                        Err(_) => format!("#{}", crate::snapshot::hex(attr.as_slice())),
+                    };
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+            out.push(c);
+        } else if c.is_control() {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 enum AltName {
@@ -334,7 +383,8 @@ pub fn load(cfg: &TlsConfig, base: &Path, at: &str) -> Result<ListenerTls, Vec<C
                 Some(parent) => (&mut resolver.wildcard, parent.to_string()),
                 None => (&mut resolver.exact, name.clone()),
             };
-            if let Some(&other) = map.get(&key_name) {
+            // The same name twice in one certificate is no conflict.
+            if let Some(&other) = map.get(&key_name).filter(|&&other| other != index) {
                 errors.push(ConfigError::at(
                     format!("{at}.certificates[{i}]"),
                     format!(
@@ -505,4 +555,20 @@ fn client_verifier(
         ClientAuthMode::Optional => builder.allow_unauthenticated(),
     };
     builder.build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_dn_value;
+
+    #[test]
+    fn dn_values_cannot_pass_for_other_attributes() {
+        assert_eq!(escape_dn_value("mallory, O=Admins"), "mallory\\, O=Admins");
+        assert_eq!(
+            escape_dn_value("a+b;c\"d\\e<f>"),
+            "a\\+b\\;c\\\"d\\\\e\\<f\\>"
+        );
+        assert_eq!(escape_dn_value("#lead and trail "), "\\#lead and trail\\ ");
+        assert_eq!(escape_dn_value("plain"), "plain");
+    }
 }
