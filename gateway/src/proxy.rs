@@ -496,6 +496,17 @@ fn redirect_https(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    finish_unrouted(snapshot, resp, parts, id, started)
+}
+
+/// An answer given before routing: stamped, logged and counted under no route.
+fn finish_unrouted(
+    snapshot: &Snapshot,
+    mut resp: Response<Body>,
+    parts: &http::request::Parts,
+    id: &RequestId,
+    started: Instant,
+) -> Response<Body> {
     stamp_generation(snapshot, &mut resp);
     record(
         snapshot,
@@ -526,19 +537,7 @@ fn finish_early(
     if let Some(body) = body.into() {
         request::linger(body);
     }
-    let mut resp = e.to_response(id);
-    stamp_generation(snapshot, &mut resp);
-    record(
-        snapshot,
-        None,
-        "",
-        parts,
-        parts.uri.path(),
-        &resp,
-        &skipped(),
-        id,
-        started,
-    );
+    let resp = finish_unrouted(snapshot, e.to_response(id), parts, id, started);
     finish_grpc(crate::grpc::kind(&parts.headers).as_ref(), resp)
 }
 
