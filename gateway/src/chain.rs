@@ -10,7 +10,7 @@ use crate::body::{self, Body};
 use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::plugin::{
-    PluginResponse, Pool, RequestDecision, RequestInfo, RequestPatch, ResponseDecision,
+    Context, PluginResponse, Pool, RequestDecision, RequestInfo, RequestPatch, ResponseDecision,
     UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
@@ -27,6 +27,9 @@ pub struct RequestPass {
     /// Set when a plugin answered (or a fail-closed plugin failed): the
     /// response to send instead of calling the upstream.
     pub short_circuit: Option<http::Response<Body>>,
+    /// Each plugin's request context, by chain position (what `on-request`
+    /// kept for `on-response`).
+    pub contexts: Vec<Context>,
 }
 
 impl RequestPass {
@@ -52,13 +55,17 @@ pub async fn on_request(
         upstream: route.upstream.clone(),
         response_headers: HeaderMap::new(),
         short_circuit: None,
+        contexts: Vec::new(),
     };
+    pass.contexts
+        .resize_with(route.chain.len(), Context::default);
     for (i, pool) in route.chain.iter().enumerate() {
         if !pool.hooks().on_request {
             pass.continued.push(i);
             continue;
         }
-        match pool.on_request(parts, info, &pass.upstream).await {
+        let context = &mut pass.contexts[i];
+        match pool.on_request(parts, info, &pass.upstream, context).await {
             Ok(RequestDecision::Continue(patch)) => {
                 if let Err(e) = apply_request_patch(snapshot, pool, patch, parts, &mut pass) {
                     pass.short_circuit = Some(e.to_response(&info.request_id));
@@ -141,7 +148,7 @@ fn apply_request_patch(
 /// declared `on-response`).
 pub async fn on_response(
     route: &Route,
-    pass: &RequestPass,
+    pass: &mut RequestPass,
     parts: &mut http::request::Parts,
     info: &Arc<RequestInfo>,
     outcome: &UpstreamOutcome,
@@ -154,7 +161,14 @@ pub async fn on_response(
         }
         let (mut head, body) = resp.into_parts();
         let result = pool
-            .on_response(parts, info, &pass.upstream, outcome, &mut head)
+            .on_response(
+                parts,
+                info,
+                &pass.upstream,
+                outcome,
+                &mut head,
+                &mut pass.contexts[i],
+            )
             .await;
         resp = http::Response::from_parts(head, body);
         match result {

@@ -33,6 +33,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     duration: HistogramFamily,
     plugin_failures: Family<Labels, Counter>,
+    plugin_recycled: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     cert_expiry: Family<Labels, Gauge>,
     tunnels_open: Family<Labels, Gauge>,
@@ -79,6 +80,12 @@ impl Metrics {
             "Plugin calls that failed, by plugin and kind",
             plugin_failures.clone(),
         );
+        let plugin_recycled = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_instances_recycled",
+            "Pooled instances replaced because their memory grew past half their headroom, by plugin",
+            plugin_recycled.clone(),
+        );
         let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -118,6 +125,7 @@ impl Metrics {
             requests,
             duration,
             plugin_failures,
+            plugin_recycled,
             reloads,
             plugin_counters: RwLock::new(HashMap::new()),
             plugin_histograms: RwLock::new(HashMap::new()),
@@ -162,6 +170,13 @@ impl Metrics {
                 ("plugin".to_string(), plugin.to_string()),
                 ("kind".to_string(), kind.to_string()),
             ])
+            .inc();
+    }
+
+    /// Count one instance retired for its memory growth.
+    pub fn plugin_instance_recycled(&self, plugin: &str) {
+        self.plugin_recycled
+            .get_or_create(&vec![("plugin".to_string(), plugin.to_string())])
             .inc();
     }
 

@@ -108,7 +108,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         }
     };
     // 6. Plugins, on-response, in reverse order.
-    let mut resp = chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await;
+    let mut resp = chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await;
     // 7. Finish: plugins' response headers, hop-by-hop headers out; on the
     //    upstream's 101, the tunnel opens.
     finish_response(&snapshot, &mut resp, pass.response_headers);

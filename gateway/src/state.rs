@@ -139,6 +139,20 @@ impl SharedState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, StateError> {
+        self.increment_with_ttl(ns, key, delta, ttl_ms)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`SharedState::increment`], also returning the milliseconds left
+    /// before the counter expires (`None`: never).
+    pub async fn increment_with_ttl(
+        &self,
+        ns: &Arc<str>,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<(i64, Option<u64>), StateError> {
         check_key(key)?;
         let now = self.clock.now_ms();
         let mut map = self.lock();
@@ -155,7 +169,7 @@ impl SharedState {
         };
         let next = current.wrapping_add(delta);
         map.write(ns, key, next.to_le_bytes().to_vec(), expires_ms, now)?;
-        Ok(next)
+        Ok((next, expires_ms.map(|e| e.saturating_sub(now))))
     }
 
     /// Delete a key; whether a live entry existed.
@@ -284,6 +298,21 @@ mod tests {
         assert!(s.get(&ns, "k").await.unwrap().is_some());
         clock.advance(Duration::from_millis(1));
         assert!(s.get(&ns, "k").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn increment_reports_time_left() {
+        let (s, clock, ns) = store();
+        assert_eq!(
+            s.increment_with_ttl(&ns, "w", 1, Some(1_000)).await,
+            Ok((1, Some(1_000)))
+        );
+        clock.advance(Duration::from_millis(400));
+        assert_eq!(
+            s.increment_with_ttl(&ns, "w", 1, Some(1_000)).await,
+            Ok((2, Some(600)))
+        );
+        assert_eq!(s.increment_with_ttl(&ns, "n", 5, None).await, Ok((5, None)));
     }
 
     #[tokio::test]

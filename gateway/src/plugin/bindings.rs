@@ -20,8 +20,10 @@ mod generated {
         world: "policy",
         imports: {
             "wicket:plugin/state": async,
-            // The request and response handles trap when used outside a hook.
+            // The request and response handles, and the request context,
+            // trap when used outside a hook.
             "wicket:plugin/types": trappable,
+            "wicket:plugin/context": trappable,
         },
         exports: { default: async },
         with: {
@@ -31,8 +33,153 @@ mod generated {
     });
 }
 
-pub(crate) use generated::wicket::plugin::{clock, gateway, log, metrics, state, types};
-pub(crate) use generated::{Policy, PolicyPre};
+pub(crate) use generated::wicket::plugin::{clock, context, gateway, log, metrics, state, types};
+
+use wasmtime::component::{
+    Component, ComponentExportIndex, Func, Instance, Linker, Resource, TypedFunc,
+};
+
+use super::host::{HostState, RequestHandle, ResponseHandle};
+
+/// Link every host import of the contract into `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    generated::Policy::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+}
+
+/// Where a component's exports are, found once per component. `init` is
+/// required; each hook is optional (the `request-policy` and
+/// `response-policy` worlds export only one), but a component must export at
+/// least one.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    init: ComponentExportIndex,
+    on_request: Option<ComponentExportIndex>,
+    on_response: Option<ComponentExportIndex>,
+}
+
+impl Exports {
+    /// Find the exports, or say what is missing.
+    pub(crate) fn new(component: &Component) -> Result<Exports, String> {
+        let find = |name: &str| component.get_export_index(None, name);
+        let init = find("init").ok_or("it exports no `init` function")?;
+        let (on_request, on_response) = (find("on-request"), find("on-response"));
+        if on_request.is_none() && on_response.is_none() {
+            return Err("it exports neither `on-request` nor `on-response`".into());
+        }
+        Ok(Exports {
+            init,
+            on_request,
+            on_response,
+        })
+    }
+
+    /// The typed functions of one instance; fails when an export's type does
+    /// not match the contract.
+    pub(crate) fn funcs(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Funcs> {
+        let func = |store: &mut wasmtime::Store<HostState>, index: &ComponentExportIndex, name| {
+            instance
+                .get_func(&mut *store, index)
+                .ok_or_else(|| wasmtime::Error::msg(format!("export `{name}` is not a function")))
+        };
+        let init = func(store, &self.init, "init")?;
+        init.typed::<(&str,), (Result<types::Hooks, String>,)>(&*store)?;
+        let on_request = match &self.on_request {
+            Some(i) => Some(func(store, i, "on-request")?.typed(&*store)?),
+            None => None,
+        };
+        let on_response = match &self.on_response {
+            Some(i) => Some(func(store, i, "on-response")?.typed(&*store)?),
+            None => None,
+        };
+        Ok(Funcs {
+            init,
+            on_request,
+            on_response,
+        })
+    }
+}
+
+type OnRequest = TypedFunc<(Resource<RequestHandle>,), (types::RequestAction,)>;
+type OnResponse = TypedFunc<
+    (
+        Resource<RequestHandle>,
+        types::UpstreamOutcome,
+        Resource<ResponseHandle>,
+    ),
+    (types::ResponseAction,),
+>;
+
+/// The exported functions of one instance, type-checked.
+pub(crate) struct Funcs {
+    /// `(&str,) -> (result<hooks, string>,)`, checked in [`Exports::funcs`];
+    /// kept untyped because the parameter borrows.
+    init: Func,
+    on_request: Option<OnRequest>,
+    on_response: Option<OnResponse>,
+}
+
+impl Funcs {
+    /// Call `init`.
+    pub(crate) async fn init(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<Hooks, String>> {
+        let init = self
+            .init
+            .typed::<(&str,), (Result<types::Hooks, String>,)>(&*store)?;
+        let (result,) = init.call_async(&mut *store, (config,)).await?;
+        Ok(result.map(hooks))
+    }
+
+    /// Whether the component exports the hooks `declared` names.
+    pub(crate) fn exports(&self, declared: Hooks) -> Result<(), String> {
+        let missing = |flag: bool, export: bool, name: &str| {
+            (flag && !export)
+                .then(|| format!("init declares `{name}`, which the component does not export"))
+        };
+        match missing(declared.on_request, self.on_request.is_some(), "on-request").or_else(|| {
+            missing(
+                declared.on_response,
+                self.on_response.is_some(),
+                "on-response",
+            )
+        }) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Call `on-request` with the borrowed request.
+    pub(crate) async fn on_request(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<types::RequestAction> {
+        let f = self
+            .on_request
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("on-request is not exported"))?;
+        Ok(f.call_async(store, (Resource::new_borrow(0),)).await?.0)
+    }
+
+    /// Call `on-response` with the borrowed request and response head.
+    pub(crate) async fn on_response(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        outcome: types::UpstreamOutcome,
+    ) -> wasmtime::Result<types::ResponseAction> {
+        let f = self
+            .on_response
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("on-response is not exported"))?;
+        let args = (Resource::new_borrow(0), outcome, Resource::new_borrow(0));
+        Ok(f.call_async(store, args).await?.0)
+    }
+}
 
 /// Convert the hooks `init` declared.
 pub(crate) fn hooks(h: types::Hooks) -> Hooks {

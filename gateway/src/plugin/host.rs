@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, clock, gateway, log, metrics, state, types};
+use super::bindings::{self, clock, context, gateway, log, metrics, state, types};
 use super::RequestInfo;
 use crate::clock::Clock;
 use crate::metrics::{Metrics, SeriesCache};
@@ -33,6 +33,8 @@ pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryCap,
+    /// The guest's stdout and stderr, assembled into lines.
+    pub(crate) output: GuestOutput,
     /// Epoch ticks this call may still run before it is stopped.
     pub(crate) ticks_left: u64,
     /// What the running hook may read; `None` between calls.
@@ -53,6 +55,44 @@ pub(crate) struct Call {
     pub(crate) info: Arc<RequestInfo>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) response: Option<(StatusCode, HeaderMap)>,
+    /// The calling plugin's context for this request.
+    pub(crate) context: Context,
+}
+
+/// What one plugin keeps for one request through the contract's `context`
+/// interface: set in `on-request`, read in `on-response`. Small and bounded,
+/// and it never leaves the gateway.
+#[derive(Debug, Default)]
+pub struct Context {
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+/// Most keys in one plugin's context for one request.
+const CONTEXT_KEYS: usize = 16;
+/// Most bytes (keys and values) in one plugin's context for one request.
+const CONTEXT_BYTES: usize = 4096;
+
+impl Context {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Store `value`, unless that would pass the bounds.
+    fn set(&mut self, key: String, value: Vec<u8>) -> bool {
+        let others = self.entries.iter().filter(|(k, _)| *k != key);
+        let bytes: usize = others.clone().map(|(k, v)| k.len() + v.len()).sum();
+        if others.count() + 1 > CONTEXT_KEYS || bytes + key.len() + value.len() > CONTEXT_BYTES {
+            return false;
+        }
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((key, value)),
+        }
+        true
+    }
 }
 
 /// The host side of `types.request`. There is one request per call, held in
@@ -100,6 +140,50 @@ fn all_headers(headers: &HeaderMap) -> Vec<types::Header> {
         .collect()
 }
 
+/// The W3C trace context of `headers`: `traceparent` version `00` (or a
+/// later version's first four fields, as the spec asks), with ids that are
+/// lower-case hex and not all zeros; anything else is no trace context.
+fn trace_context(headers: &HeaderMap) -> Option<types::TraceContext> {
+    let mut values = headers.get_all("traceparent").iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    if values.next().is_some() {
+        return None;
+    }
+    let fields: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let (version, trace, parent, flags) = match fields.as_slice() {
+        [v, t, p, f] => (*v, *t, *p, *f),
+        [v, t, p, f, ..] if *v != "00" => (*v, *t, *p, *f),
+        _ => return None,
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if !hex(version, 2)
+        || version == "ff"
+        || !hex(trace, 32)
+        || !hex(parent, 16)
+        || !hex(flags, 2)
+        || zero(trace)
+        || zero(parent)
+    {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let trace_state = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(types::TraceContext {
+        trace_id: trace.to_string(),
+        parent_id: parent.to_string(),
+        sampled: flags & 1 == 1,
+        trace_state: (!trace_state.is_empty()).then_some(trace_state),
+    })
+}
+
 fn params(info: &RequestInfo) -> Vec<types::RouteParam> {
     info.params
         .iter(&info.path)
@@ -119,9 +203,63 @@ impl WasiView for HostState {
     }
 }
 
-/// The memory cap of one instance.
+/// The memory cap of one instance, and what it has used.
 pub(crate) struct MemoryCap {
     pub(crate) max_bytes: usize,
+    /// Bytes of linear memory (all memories) the instance holds now. Linear
+    /// memory never shrinks, so this is also its high-water mark.
+    used: usize,
+    /// What the instance held when `init` returned.
+    baseline: usize,
+    /// Set when a grow past the cap was refused during the current call.
+    pub(crate) refused: Option<usize>,
+}
+
+/// Headroom an instance must have above what it holds after `init`, as a
+/// fraction of that: a quarter, and at least 1 MiB.
+fn headroom(baseline: usize) -> usize {
+    (baseline / 4).max(1024 * 1024)
+}
+
+impl MemoryCap {
+    pub(crate) fn new(max_bytes: usize) -> MemoryCap {
+        MemoryCap {
+            max_bytes,
+            used: 0,
+            baseline: 0,
+            refused: None,
+        }
+    }
+
+    /// Mark the end of `init`: what the instance holds now is its baseline.
+    pub(crate) fn settle(&mut self) {
+        self.baseline = self.used;
+    }
+
+    /// Whether the cap leaves the instance room to work: refused at
+    /// validation, so a cap that would fail under traffic never serves.
+    pub(crate) fn check_headroom(&self) -> Result<(), super::PluginError> {
+        let need = self.baseline + headroom(self.baseline);
+        if need <= self.max_bytes {
+            return Ok(());
+        }
+        const MIB: f64 = 1024.0 * 1024.0;
+        Err(super::PluginError::MemoryCap(format!(
+            "limits.memory_mb {} is too small: the module holds {:.1} MiB after init and needs {:.1} MiB \
+             with headroom; set limits.memory_mb to at least {}",
+            self.max_bytes / (1024 * 1024),
+            self.baseline as f64 / MIB,
+            need as f64 / MIB,
+            need.div_ceil(1024 * 1024)
+        )))
+    }
+
+    /// Whether the instance has used half the room it had after `init`, and
+    /// should be replaced before it runs out.
+    pub(crate) fn worn(&self) -> bool {
+        let room = self.max_bytes.saturating_sub(self.baseline);
+        self.used > self.baseline + room / 2
+    }
 }
 
 /// Raised (as a trap) when a guest asks for more memory than its cap.
@@ -135,18 +273,20 @@ pub(crate) struct MemoryCapExceeded {
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Trap rather than return -1: Rust and most guest runtimes abort on a
-        // failed grow anyway, and a trap carries a reason the log can name.
-        if desired > self.max_bytes {
-            return Err(wasmtime::Error::new(MemoryCapExceeded {
-                cap: self.max_bytes,
-                desired,
-            }));
+        // Refuse with -1 rather than trap: a garbage-collected guest
+        // (JavaScript, Python) collects and carries on, or raises an error
+        // it can handle. A guest that aborts instead traps, and `refused`
+        // names the cap as the reason.
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.max_bytes {
+            self.refused = Some(total);
+            return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -237,6 +377,26 @@ impl types::HostRequest for HostState {
             .map(super::bindings::tls_info))
     }
 
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.client.ip().to_string())
+    }
+
+    fn client_port(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<u16> {
+        Ok(self.current()?.info.client.port())
+    }
+
+    fn request_id(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.current()?.info.request_id.to_string())
+    }
+
+    fn trace_context(
+        &mut self,
+        _: Resource<RequestHandle>,
+    ) -> wasmtime::Result<Option<types::TraceContext>> {
+        let headers = &self.current()?.parts.headers;
+        Ok(trace_context(headers))
+    }
+
     fn head(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<types::RequestHead> {
         let call = self.current()?;
         let (parts, info) = (&call.parts, &call.info);
@@ -300,6 +460,24 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(target: "wicket::plugin", plugin, "{message}"),
             log::Level::Error => tracing::error!(target: "wicket::plugin", plugin, "{message}"),
         }
+    }
+}
+
+impl context::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let call = self
+            .call
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("context used outside a hook call"))?;
+        Ok(call.context.get(&key).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<bool> {
+        let call = self
+            .call
+            .as_mut()
+            .ok_or_else(|| wasmtime::Error::msg("context used outside a hook call"))?;
+        Ok(call.context.set(key, value))
     }
 }
 
@@ -413,6 +591,20 @@ impl state::Host for HostState {
             .map_err(state_error)
     }
 
+    async fn increment_with_ttl(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<state::Counter, state::StateError> {
+        let ctx = &self.ctx;
+        ctx.state
+            .increment_with_ttl(&ctx.plugin, &key, delta, ttl_ms)
+            .await
+            .map(|(value, ttl_ms)| state::Counter { value, ttl_ms })
+            .map_err(state_error)
+    }
+
     async fn delete(&mut self, key: String) -> Result<bool, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
@@ -422,11 +614,94 @@ impl state::Host for HostState {
     }
 }
 
-/// Guest stderr (and stdout): each line goes to the log at `warn`, attributed
-/// to the plugin, so a panic message is never lost.
+/// Guest stderr (and stdout), shared by every stream the instance opens:
+/// guests open a new stream per write (Python, JavaScript), so a line is
+/// assembled here across writes, and each whole line goes to the log at
+/// `warn`, attributed to the plugin. The last few lines are kept, so an error
+/// can quote what the guest said before it failed.
 #[derive(Clone)]
 pub(crate) struct GuestOutput {
-    pub(crate) plugin: Arc<str>,
+    plugin: Arc<str>,
+    lines: Arc<std::sync::Mutex<Lines>>,
+}
+
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+    recent: std::collections::VecDeque<String>,
+}
+
+/// Longest line kept from guest output; the rest of a longer line is dropped so
+/// a guest cannot grow host memory by printing without newlines.
+const MAX_LINE: usize = 4096;
+/// Lines kept for error messages, and their most bytes in all.
+const RECENT_LINES: usize = 12;
+const RECENT_BYTES: usize = 2048;
+
+impl GuestOutput {
+    pub(crate) fn new(plugin: Arc<str>) -> GuestOutput {
+        GuestOutput {
+            plugin,
+            lines: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, buf: &[u8]) {
+        let mut lines = self.lock();
+        for &b in buf {
+            if b == b'\n' {
+                self.emit(&mut lines);
+            } else if lines.partial.len() < MAX_LINE {
+                lines.partial.push(b);
+            }
+        }
+    }
+
+    fn emit(&self, lines: &mut Lines) {
+        let text = String::from_utf8_lossy(&lines.partial)
+            .trim_end()
+            .to_string();
+        lines.partial.clear();
+        if text.is_empty() {
+            return;
+        }
+        tracing::warn!(target: "wicket::plugin", plugin = &*self.plugin, "guest output: {text}");
+        lines.recent.push_back(text);
+        while lines.recent.len() > RECENT_LINES
+            || lines.recent.iter().map(String::len).sum::<usize>() > RECENT_BYTES
+        {
+            lines.recent.pop_front();
+        }
+    }
+
+    /// What the guest wrote most recently (a partial last line included),
+    /// lines joined with ` | `; `None` if it wrote nothing. Taken, so one
+    /// error does not quote what an earlier one already did.
+    pub(crate) fn recent(&self) -> Option<String> {
+        let mut lines = self.lock();
+        if !lines.partial.is_empty() {
+            self.emit(&mut lines);
+        }
+        let said: Vec<String> = lines.recent.drain(..).collect();
+        (!said.is_empty()).then(|| said.join(" | "))
+    }
+}
+
+impl Drop for GuestOutput {
+    fn drop(&mut self) {
+        // The instance's last handle: a final line without a newline is
+        // still said.
+        if Arc::strong_count(&self.lines) == 1 {
+            let mut lines = self.lock();
+            if !lines.partial.is_empty() {
+                self.emit(&mut lines);
+            }
+        }
+    }
 }
 
 impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
@@ -437,53 +712,25 @@ impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
 
 impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineLogger {
-            plugin: self.plugin.clone(),
-            line: Vec::new(),
-        })
+        Box::new(self.clone())
     }
 }
 
-struct LineLogger {
-    plugin: Arc<str>,
-    line: Vec<u8>,
-}
-
-/// Longest line kept from guest output; the rest of a longer line is dropped so
-/// a guest cannot grow host memory by printing without newlines.
-const MAX_LINE: usize = 4096;
-
-impl LineLogger {
-    fn flush_line(&mut self) {
-        if !self.line.is_empty() {
-            let text = String::from_utf8_lossy(&self.line);
-            tracing::warn!(target: "wicket::plugin", plugin = &*self.plugin, "guest output: {}", text.trim_end());
-            self.line.clear();
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for LineLogger {
+impl tokio::io::AsyncWrite for GuestOutput {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        for &b in buf {
-            if b == b'\n' {
-                self.flush_line();
-            } else if self.line.len() < MAX_LINE {
-                self.line.push(b);
-            }
-        }
+        self.write(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        self.flush_line();
+        // A flush is not a line end: guests flush after every partial write.
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -492,11 +739,5 @@ impl tokio::io::AsyncWrite for LineLogger {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.poll_flush(cx)
-    }
-}
-
-impl Drop for LineLogger {
-    fn drop(&mut self) {
-        self.flush_line();
     }
 }

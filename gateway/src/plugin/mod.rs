@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -35,8 +35,10 @@ use crate::metrics::Metrics;
 use crate::router::Params;
 use crate::state::SharedState;
 use crate::upstream::{Upstream, UpstreamErrorKind};
-use bindings::{Policy, PolicyPre};
+use bindings::{Exports, Funcs};
 use host::{Call, GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceeded};
+
+pub use host::Context;
 
 /// How often the epoch advances; the resolution of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -151,8 +153,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Policy::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        bindings::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
 
         // A plain thread, not a tokio task: the deadline must keep ticking even
         // when every runtime worker is busy running guests.
@@ -228,20 +229,22 @@ impl Runtime {
         let component = self
             .component(&digest, &bytes)
             .map_err(|e| format!("module: {} is not a usable component: {e}", path.display()))?;
+        let misfit = |e: &dyn std::fmt::Display| {
+            format!(
+                "module: {} does not fit the wicket:plugin contract: {e}",
+                path.display()
+            )
+        };
+        let exports = Exports::new(&component).map_err(|e| misfit(&e))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(PolicyPre::new)
-            .map_err(|e| {
-                format!(
-                    "module: {} does not fit the wicket:plugin policy world: {e}",
-                    path.display()
-                )
-            })?;
+            .map_err(|e| misfit(&e))?;
         Ok(Arc::new(Plugin {
             name: Arc::from(name),
             digest,
             pre,
+            exports,
             limits: cfg.limits.clone(),
             failure: cfg.failure,
             isolation: cfg.isolation,
@@ -278,7 +281,8 @@ impl Drop for Runtime {
 pub struct Plugin {
     name: Arc<str>,
     digest: [u8; 32],
-    pre: PolicyPre<HostState>,
+    pre: InstancePre<HostState>,
+    exports: Exports,
     limits: Limits,
     failure: FailurePolicy,
     isolation: Isolation,
@@ -331,6 +335,7 @@ impl Plugin {
             permits: Arc::new(Semaphore::new(self.limits.instances as usize)),
         };
         let (first, hooks) = pool.fresh_instance().await?;
+        first.store.data().limiter.check_headroom()?;
         pool.hooks = hooks;
         if self.isolation == Isolation::Pooled {
             pool.put(first);
@@ -342,11 +347,9 @@ impl Plugin {
         let mut wasi = WasiCtxBuilder::new();
         // Deny by default: no preopened directories, environment, arguments or
         // network. Guest output goes to the log.
-        let out = GuestOutput {
-            plugin: self.name.clone(),
-        };
+        let out = GuestOutput::new(self.name.clone());
         wasi.stdout(out.clone())
-            .stderr(out)
+            .stderr(out.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -360,9 +363,8 @@ impl Plugin {
             },
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap {
-                max_bytes: self.limits.memory_mb as usize * 1024 * 1024,
-            },
+            limiter: MemoryCap::new(self.limits.memory_mb as usize * 1024 * 1024),
+            output: out,
             ticks_left: 0,
             call: None,
             upstreams: upstreams.clone(),
@@ -389,7 +391,9 @@ impl Plugin {
             .limits
             .deadline_ms
             .div_ceil(EPOCH_TICK.as_millis() as u64);
-        store.data_mut().ticks_left = ticks;
+        let data = store.data_mut();
+        data.ticks_left = ticks;
+        data.limiter.refused = None;
         store.set_epoch_deadline(1);
     }
 
@@ -410,18 +414,24 @@ impl Plugin {
         }
     }
 
-    fn classify(&self, err: wasmtime::Error) -> PluginError {
+    /// Name what stopped a call. `data` is the instance's store, which
+    /// knows whether a memory request was just refused and what the guest
+    /// last wrote to stderr — a Python traceback or a JavaScript exception
+    /// says more than the wasm backtrace of the `abort` it ended in.
+    fn classify(&self, err: wasmtime::Error, data: &HostState) -> PluginError {
         if err.is::<DeadlineExceeded>() {
             return PluginError::Deadline(self.limits.deadline_ms);
         }
-        if let Some(cap) = err.downcast_ref::<MemoryCapExceeded>() {
-            return PluginError::MemoryCap(cap.to_string());
+        if let Some(desired) = data.limiter.refused {
+            // The guest was told "no" (memory.grow returned -1) and then
+            // trapped rather than recover: the cap is why.
+            let cap = MemoryCapExceeded {
+                cap: data.limiter.max_bytes,
+                desired,
+            };
+            return PluginError::MemoryCap(with_guest_output(cap.to_string(), data));
         }
-        let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-        if chain.iter().any(|c| c.contains("memory cap of")) {
-            return PluginError::MemoryCap(chain.join(": "));
-        }
-        PluginError::Trap(err.to_string())
+        PluginError::Trap(with_guest_output(format!("{err:#}"), data))
     }
 }
 
@@ -429,10 +439,18 @@ impl Plugin {
 #[error("deadline exceeded")]
 struct DeadlineExceeded;
 
+/// `message`, followed by what the guest last wrote to stderr, if anything.
+fn with_guest_output(message: String, data: &HostState) -> String {
+    match data.output.recent() {
+        Some(said) => format!("{message}; guest output: {said}"),
+        None => message,
+    }
+}
+
 /// An initialised instance.
 struct Instance {
     store: Store<HostState>,
-    policy: Policy,
+    funcs: Funcs,
 }
 
 /// The hooks a plugin declared in `init`; the chain skips the others.
@@ -503,9 +521,22 @@ impl Drop for Lease<'_> {
             return;
         }
         if let Some(instance) = self.instance.take() {
-            if self.pool.plugin.isolation == Isolation::Pooled {
-                self.pool.put(instance);
+            if self.pool.plugin.isolation != Isolation::Pooled {
+                return;
             }
+            if instance.store.data().limiter.worn() {
+                // Linear memory never shrinks: an instance whose heap has
+                // crept up (a garbage-collected runtime's slow growth, a
+                // fragmented allocator) is replaced before it meets its cap
+                // mid-request. The next lease initialises a fresh one.
+                self.pool
+                    .plugin
+                    .runtime
+                    .metrics
+                    .plugin_instance_recycled(&self.pool.plugin.name);
+                return;
+            }
+            self.pool.put(instance);
         }
     }
 }
@@ -544,23 +575,33 @@ impl Pool {
         // The deadline covers instantiation and `init` too: a new store's
         // deadline starts at zero and would trap at once otherwise.
         plugin.arm_deadline(&mut store);
-        let policy = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| match plugin.classify(e) {
-                PluginError::Trap(m) => PluginError::Instantiate(m),
-                other => other,
-            })?;
+        let instantiated = match plugin.pre.instantiate_async(&mut store).await {
+            Ok(instance) => plugin.exports.funcs(&mut store, &instance),
+            Err(e) => Err(e),
+        };
+        let funcs = instantiated.map_err(|e| match plugin.classify(e, store.data()) {
+            PluginError::Trap(m) => PluginError::Instantiate(m),
+            other => other,
+        })?;
         plugin.arm_deadline(&mut store);
-        match plugin
-            .wall_clock(policy.call_init(&mut store, &self.config))
+        let hooks = match plugin
+            .wall_clock(funcs.init(&mut store, &self.config))
             .await
         {
-            Ok(Ok(hooks)) => Ok((Instance { store, policy }, bindings::hooks(hooks))),
-            Ok(Err(message)) => Err(PluginError::Init(message)),
-            Err(e) => Err(plugin.classify(e)),
-        }
+            Ok(Ok(hooks)) => hooks,
+            Ok(Err(message)) => return Err(PluginError::Init(message)),
+            Err(e) => {
+                return Err(match plugin.classify(e, store.data()) {
+                    // An exception `init` did not turn into `err` is still
+                    // the guest refusing to start: report it as init's.
+                    PluginError::Trap(m) => PluginError::Init(format!("init trapped: {m}")),
+                    other => other,
+                });
+            }
+        };
+        funcs.exports(hooks).map_err(PluginError::Init)?;
+        store.data_mut().limiter.settle();
+        Ok((Instance { store, funcs }, hooks))
     }
 
     async fn lease(&self) -> Result<Lease<'_>, PluginError> {
@@ -611,21 +652,19 @@ impl Pool {
         parts: &mut http::request::Parts,
         info: &Arc<RequestInfo>,
         upstream: &Arc<Upstream>,
+        context: &mut Context,
     ) -> Result<RequestDecision, PluginError> {
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
         let result = {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
-            let call = lend(parts, info, upstream, None);
+            let call = lend(parts, info, upstream, None, context);
             inst.store.data_mut().call = Some(call);
             let result = plugin
-                .wall_clock(
-                    inst.policy
-                        .call_on_request(&mut inst.store, Resource::new_borrow(0)),
-                )
+                .wall_clock(inst.funcs.on_request(&mut inst.store))
                 .await;
-            restore(&mut inst.store, parts, None);
+            restore(&mut inst.store, parts, None, context);
             result
         };
         self.finish(&mut lease, result)
@@ -641,6 +680,7 @@ impl Pool {
         upstream: &Arc<Upstream>,
         outcome: &UpstreamOutcome,
         resp: &mut http::response::Parts,
+        context: &mut Context,
     ) -> Result<ResponseDecision, PluginError> {
         let outcome = bindings::outcome(outcome);
         let mut lease = self.lease().await?;
@@ -649,17 +689,12 @@ impl Pool {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
             let response = (resp.status, std::mem::take(&mut resp.headers));
-            let call = lend(parts, info, upstream, Some(response));
+            let call = lend(parts, info, upstream, Some(response), context);
             inst.store.data_mut().call = Some(call);
             let result = plugin
-                .wall_clock(inst.policy.call_on_response(
-                    &mut inst.store,
-                    Resource::new_borrow(0),
-                    &outcome,
-                    Resource::new_borrow(0),
-                ))
+                .wall_clock(inst.funcs.on_response(&mut inst.store, outcome))
                 .await;
-            restore(&mut inst.store, parts, Some(&mut resp.headers));
+            restore(&mut inst.store, parts, Some(&mut resp.headers), context);
             result
         };
         self.finish(&mut lease, result)
@@ -674,8 +709,10 @@ impl Pool {
     ) -> Result<T, PluginError> {
         lease.settled = true;
         result.map_err(|e| {
-            lease.instance = None;
-            let err = self.plugin.classify(e);
+            let err = match lease.instance.take() {
+                Some(instance) => self.plugin.classify(e, instance.store.data()),
+                None => PluginError::Trap(format!("{e:#}")),
+            };
             self.plugin
                 .runtime
                 .metrics
@@ -720,6 +757,7 @@ fn lend(
     info: &Arc<RequestInfo>,
     upstream: &Arc<Upstream>,
     response: Option<(StatusCode, http::HeaderMap)>,
+    context: &mut Context,
 ) -> Call {
     let empty = http::Request::new(()).into_parts().0;
     Call {
@@ -727,6 +765,7 @@ fn lend(
         info: info.clone(),
         upstream: upstream.clone(),
         response,
+        context: std::mem::take(context),
     }
 }
 
@@ -738,9 +777,11 @@ fn restore(
     store: &mut Store<HostState>,
     parts: &mut http::request::Parts,
     response_headers: Option<&mut http::HeaderMap>,
+    context: &mut Context,
 ) {
     if let Some(call) = store.data_mut().call.take() {
         *parts = call.parts;
+        *context = call.context;
         if let (Some(out), Some((_, headers))) = (response_headers, call.response) {
             *out = headers;
         }

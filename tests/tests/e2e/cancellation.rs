@@ -80,7 +80,7 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
     let upstream =
         Arc::new(Upstream::new("b", &upstream, std::path::Path::new(".")).expect("valid upstream"));
     let mut parts = parts.clone();
-    pool.on_request(&mut parts, &info, &upstream)
+    pool.on_request(&mut parts, &info, &upstream, &mut Default::default())
         .await
         .map_err(|e| e.to_string())
 }
