@@ -39,6 +39,28 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work on plugins without a running gateway.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a component without sockets, run the contract checks and a
+    /// behaviour spec, and exit non-zero if any check fails.
+    Test {
+        /// The component (`.wasm`).
+        module: PathBuf,
+        /// A behaviour spec (YAML); without one only the contract checks
+        /// run, with the config `{}`.
+        #[arg(long, short)]
+        spec: Option<PathBuf>,
+        /// The memory cap in MiB (default: the language's).
+        #[arg(long)]
+        memory_mb: Option<u32>,
+    },
 }
 
 /// Parse the arguments and run the command.
@@ -79,8 +101,49 @@ pub fn main() -> ExitCode {
                 }
             },
             Command::Run { config, no_watch } => run(config, !no_watch).await,
+            Command::Plugin {
+                command:
+                    PluginCommand::Test {
+                        module,
+                        spec,
+                        memory_mb,
+                    },
+            } => plugin_test(&module, spec.as_deref(), memory_mb).await,
         }
     })
+}
+
+async fn plugin_test(
+    module: &std::path::Path,
+    spec: Option<&std::path::Path>,
+    memory_mb: Option<u32>,
+) -> ExitCode {
+    use crate::plugin::conformance;
+    let spec = match spec.map(conformance::read_spec).transpose() {
+        Ok(s) => s.unwrap_or(conformance::Spec {
+            config: None,
+            hooks: None,
+            upstreams: Vec::new(),
+            invalid_configs: Vec::new(),
+            cases: Vec::new(),
+        }),
+        Err(e) => {
+            eprintln!("wicket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let limits = crate::config::Limits {
+        memory_mb,
+        ..Default::default()
+    };
+    let cache = crate::plugin::RuntimeOptions::from_config(&Default::default()).module_cache;
+    let report = conformance::run(module, &spec, cache, Some(limits)).await;
+    println!("{}\n{report}", module.display());
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(config: PathBuf, watch: bool) -> ExitCode {

@@ -422,9 +422,10 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Linear memory cap per instance, in MiB.
-    #[serde(default = "default_memory_mb")]
-    pub memory_mb: u32,
+    /// Linear memory cap per instance, in MiB. Unset: a default for the
+    /// language the module was written in (see [`crate::plugin::Language`]).
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
     /// Wall-clock deadline for one hook call, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
@@ -447,9 +448,6 @@ pub struct Limits {
     pub max_body_bytes: u32,
 }
 
-fn default_memory_mb() -> u32 {
-    32
-}
 fn default_deadline_ms() -> u64 {
     50
 }
@@ -472,7 +470,7 @@ fn default_max_body_bytes() -> u32 {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory_mb: default_memory_mb(),
+            memory_mb: None,
             deadline_ms: default_deadline_ms(),
             instances: default_instances(),
             queue_timeout_ms: default_queue_timeout_ms(),

@@ -76,6 +76,24 @@ impl Params {
             .collect()
     }
 
+    /// Parameters given as pairs rather than matched (the conformance kit's
+    /// cases): the path they are ranges of is the values joined.
+    pub fn from_pairs(pairs: &[(String, String)]) -> (String, Params) {
+        let mut path = String::new();
+        let mut spans = Vec::new();
+        for (_, value) in pairs {
+            let start = path.len() as u32;
+            path.push_str(value);
+            spans.push((start, path.len() as u32));
+        }
+        let names: Arc<[Box<str>]> = pairs.iter().map(|(n, _)| n.as_str().into()).collect();
+        let params = Params {
+            names,
+            spans: Spans::Heap(spans),
+        };
+        (path, params)
+    }
+
     fn capture(names: &Arc<[Box<str>]>, path: &str, m: &matchit::Params<'_, '_>) -> Params {
         // matchit's values borrow from `path`, so each is a sub-slice whose
         // offset locates it.

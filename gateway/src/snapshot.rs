@@ -236,6 +236,12 @@ impl Snapshot {
                         pools.insert(key, pool.clone());
                         chain.push(pool);
                     }
+                    // Too little memory is the plugin's setting, not this
+                    // route's config.
+                    Err(e @ crate::plugin::PluginError::MemoryCap(_)) => errors.push(ConfigError::at(
+                        format!("plugins.{}.limits.memory_mb", entry.name),
+                        format!("{e} (initialising {at})"),
+                    )),
                     Err(e) => errors.push(ConfigError::at(format!("{at}.config"), e.to_string())),
                 }
             }

@@ -264,7 +264,11 @@ impl MemoryCap {
 
 /// Raised (as a trap) when a guest asks for more memory than its cap.
 #[derive(Debug, thiserror::Error)]
-#[error("memory cap of {cap} bytes exceeded (asked for {desired})")]
+#[error(
+    "memory cap of {} MiB (limits.memory_mb) exceeded: the instance asked for {:.1} MiB",
+    cap / (1024 * 1024),
+    *desired as f64 / (1024.0 * 1024.0)
+)]
 pub(crate) struct MemoryCapExceeded {
     pub(crate) cap: usize,
     pub(crate) desired: usize,

@@ -13,6 +13,7 @@
 
 mod bindings;
 mod cache;
+pub mod conformance;
 mod host;
 
 use std::collections::HashMap;
@@ -81,6 +82,58 @@ impl PluginError {
             PluginError::Instantiate(_) => "instantiate",
             PluginError::Busy(..) => "busy",
         }
+    }
+}
+
+/// The language a component was written in, told from the marks its
+/// toolchain leaves; it picks the default memory cap, since a guest that
+/// carries its interpreter needs several times what a compiled one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// Built with componentize-py: CPython and the plugin's modules.
+    Python,
+    /// Built with componentize-js: StarlingMonkey (SpiderMonkey) and the
+    /// plugin's script.
+    JavaScript,
+    /// Anything else: Rust, C, Go... compiled to wasm directly.
+    Compiled,
+}
+
+impl Language {
+    /// Tell the language of a component from its bytes: componentize-js
+    /// names itself in the `producers` section; componentize-py links a
+    /// runtime library whose name is in the module.
+    pub fn of(bytes: &[u8]) -> Language {
+        let has = |needle: &[u8]| memchr::memmem::find(bytes, needle).is_some();
+        if has(b"\x0eComponentizeJS") || has(b"\x08language\x01\x0aJavaScript") {
+            Language::JavaScript
+        } else if has(b"libcomponentize_py_runtime.so") {
+            Language::Python
+        } else {
+            Language::Compiled
+        }
+    }
+
+    /// The memory cap per instance when the config sets none, in MiB.
+    /// Measured (`docs/plugins/memory.md`): an empty Python plugin holds
+    /// 12.3 MiB after `init`, an empty JavaScript one 9.1 MiB; both grow
+    /// while serving, and an instance is recycled once it has used half of
+    /// its headroom, so the cap sets how often that happens.
+    pub fn default_memory_mb(self) -> u32 {
+        match self {
+            Language::Python | Language::JavaScript => 64,
+            Language::Compiled => 32,
+        }
+    }
+}
+
+impl std::fmt::Display for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Language::Python => "Python",
+            Language::JavaScript => "JavaScript",
+            Language::Compiled => "compiled modules",
+        })
     }
 }
 
@@ -209,13 +262,6 @@ impl Runtime {
         cfg: &PluginConfig,
         base: &Path,
     ) -> Result<Arc<Plugin>, String> {
-        if cfg.limits.memory_mb as usize * 1024 * 1024 > self.max_memory_bytes {
-            return Err(format!(
-                "limits.memory_mb {} exceeds runtime.max_memory_mb {}",
-                cfg.limits.memory_mb,
-                self.max_memory_bytes / (1024 * 1024)
-            ));
-        }
         if cfg.limits.instances == 0 {
             return Err("limits.instances must be at least 1".into());
         }
@@ -226,6 +272,22 @@ impl Runtime {
         let bytes = std::fs::read(&path)
             .map_err(|e| format!("module: cannot read {}: {e}", path.display()))?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let language = Language::of(&bytes);
+        let memory_mb = cfg
+            .limits
+            .memory_mb
+            .unwrap_or_else(|| language.default_memory_mb());
+        if memory_mb as usize * 1024 * 1024 > self.max_memory_bytes {
+            return Err(format!(
+                "limits.memory_mb {memory_mb}{} exceeds runtime.max_memory_mb {}",
+                if cfg.limits.memory_mb.is_none() {
+                    format!(" (the default for {language})")
+                } else {
+                    String::new()
+                },
+                self.max_memory_bytes / (1024 * 1024)
+            ));
+        }
         let component = self
             .component(&digest, &bytes)
             .map_err(|e| format!("module: {} is not a usable component: {e}", path.display()))?;
@@ -245,6 +307,8 @@ impl Runtime {
             digest,
             pre,
             exports,
+            language,
+            memory_bytes: memory_mb as usize * 1024 * 1024,
             limits: cfg.limits.clone(),
             failure: cfg.failure,
             isolation: cfg.isolation,
@@ -283,6 +347,10 @@ pub struct Plugin {
     digest: [u8; 32],
     pre: InstancePre<HostState>,
     exports: Exports,
+    language: Language,
+    /// The memory cap per instance: `limits.memory_mb` or the language's
+    /// default.
+    memory_bytes: usize,
     limits: Limits,
     failure: FailurePolicy,
     isolation: Isolation,
@@ -311,6 +379,11 @@ impl Plugin {
     /// a reload can keep this plugin and its initialised instances.
     pub fn same_as(&self, other: &Plugin) -> bool {
         self.digest == other.digest && self.config == other.config
+    }
+
+    /// The language the module was written in, as far as the host can tell.
+    pub fn language(&self) -> Language {
+        self.language
     }
 
     /// What a failure of this plugin does to the request.
@@ -363,7 +436,7 @@ impl Plugin {
             },
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryCap::new(self.limits.memory_mb as usize * 1024 * 1024),
+            limiter: MemoryCap::new(self.memory_bytes),
             output: out,
             ticks_left: 0,
             call: None,
