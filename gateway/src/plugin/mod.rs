@@ -504,7 +504,8 @@ impl Plugin {
             };
             return PluginError::MemoryCap(with_guest_output(cap.to_string(), data));
         }
-        PluginError::Trap(with_guest_output(format!("{err:#}"), data))
+        tracing::debug!(plugin = &*self.name, error = format!("{err:#}"), "guest trapped");
+        PluginError::Trap(trap_message(&err, data))
     }
 }
 
@@ -517,6 +518,17 @@ fn with_guest_output(message: String, data: &HostState) -> String {
     match data.output.recent() {
         Some(said) => format!("{message}; guest output: {said}"),
         None => message,
+    }
+}
+
+/// A trap as a plugin author reads it: what the guest said before it
+/// stopped (a Python traceback, a JavaScript exception, a Rust panic)
+/// first, with the trap's cause; the wasm backtrace only when the guest said
+/// nothing, since it is all there is then.
+fn trap_message(err: &wasmtime::Error, data: &HostState) -> String {
+    match data.output.recent() {
+        Some(said) => format!("{said} [{}]", err.root_cause()),
+        None => format!("{err:#}"),
     }
 }
 
