@@ -83,7 +83,12 @@ fn plugin_crates(plugins: &Path) -> Vec<(String, PathBuf)> {
             continue;
         };
         for entry in entries.flatten() {
-            let dir = entry.path();
+            let mut dir = entry.path();
+            // An example written in several languages keeps its Rust crate
+            // in `rust/`.
+            if dir.join("rust/Cargo.toml").exists() {
+                dir = dir.join("rust");
+            }
             let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
                 continue;
             };

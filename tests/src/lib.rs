@@ -239,7 +239,23 @@ pub fn module_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-module-cache")
 }
 
+/// The Python or JavaScript plugin `NAME` (`deny-header-js`,
+/// `leaky-python`...), as `plugins/build-components` builds it; `scripts/test`
+/// runs that first.
+pub fn component(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run plugins/build-components (scripts/test does)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// Replace `{plugin:NAME}` with the path of the compiled plugin crate `NAME`,
+/// `{component:NAME}` with that of a Python or JavaScript one ([`component`]),
 /// and `{backend:NAME}` with the address in `backends`.
 pub fn fill(yaml: &str, backends: &[(&str, &Backend)]) -> String {
     let mut out = yaml.to_string();
@@ -248,6 +264,11 @@ pub fn fill(yaml: &str, backends: &[(&str, &Backend)]) -> String {
     }
     for (name, b) in backends {
         out = out.replace(&format!("{{backend:{name}}}"), &b.addr.to_string());
+    }
+    while let Some(start) = out.find("{component:") {
+        let end = start + out[start..].find('}').expect("a closed placeholder");
+        let path = component(&out[start + "{component:".len()..end]);
+        out.replace_range(start..=end, &path);
     }
     assert!(
         !out.contains("{plugin:"),

@@ -7,6 +7,7 @@ mod cancellation;
 mod config;
 mod contract;
 mod grpc;
+mod languages;
 mod limits;
 mod module_cache;
 mod policy_auth;

@@ -14,7 +14,7 @@ mod outcome;
 
 use wicket_plugin_sdk::transact::{HostStore, TxError};
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, Plugin, Request, RequestAction, RequestPatch, Response,
+    clock, context, export_plugin, log, metrics, Plugin, Request, RequestAction, RequestPatch, Response,
     ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
@@ -22,11 +22,10 @@ use crate::breaker::{Gate, Transition};
 use crate::config::{Config, OnStateError, Scope};
 use crate::outcome::Observation;
 
-/// Marks a request admitted as a half-open probe; its value is the episode.
-/// `on-response` reads it back from the request, since the plugin keeps
-/// nothing per request. Any client-supplied copy is removed first, so a client
-/// cannot pose as a probe.
-const PROBE_HEADER: &str = "x-wicket-circuit-probe";
+/// The request-context key that marks a request admitted as a half-open
+/// probe; its value is the episode. The context never leaves the gateway,
+/// so a client cannot pose as a probe and the upstream never sees the mark.
+const PROBE_KEY: &str = "probe";
 
 /// Set on every refusal. The degradation plugin recognises an open circuit by
 /// exactly `x-wicket-circuit: open`.
@@ -57,6 +56,10 @@ impl Plugin for CircuitBreaker {
             ),
             _ => {}
         }
+        if let Gate::Probe { episode, .. } = &gate {
+            // Only fails past 16 keys or 4 KiB, which one key cannot reach.
+            context::set(PROBE_KEY, &episode.to_le_bytes());
+        }
         respond(&self.config, scope, name, gate)
     }
 
@@ -68,9 +71,9 @@ impl Plugin for CircuitBreaker {
     ) -> ResponseAction {
         let keep = ResponseAction::Continue(ResponsePatch::default());
         let observation = self.config.failure_on.classify(&outcome.result);
-        let probe = request
-            .header_str(PROBE_HEADER)
-            .and_then(|v| v.parse::<u64>().ok());
+        let probe = context::get(PROBE_KEY)
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes);
         // A neutral outcome only matters to a probe, whose slot it frees.
         if observation == Observation::Neutral && probe.is_none() {
             return keep;
@@ -124,12 +127,9 @@ fn state_key(scope: &str, name: &str) -> String {
 
 /// Turn the gate's decision into the hook's result.
 fn respond<E>(config: &Config, scope: &str, name: &str, gate: Gate<E>) -> RequestAction {
-    let pass = RequestPatch::default().remove_header(PROBE_HEADER);
+    let pass = RequestPatch::default();
     match gate {
-        Gate::Pass => RequestAction::Continue(pass),
-        Gate::Probe { episode, .. } => {
-            RequestAction::Continue(pass.set_header(PROBE_HEADER, episode.to_string()))
-        }
+        Gate::Pass | Gate::Probe { .. } => RequestAction::Continue(pass),
         Gate::Reject { retry_after_ms } => {
             // Whole seconds, rounded up and at least 1, so a client never
             // retries straight into the same refusal.
@@ -235,26 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn pass_strips_client_probe_marker() {
-        let RequestAction::Continue(p) = respond::<()>(&config("{}"), "upstream", "b", Gate::Pass)
-        else {
-            panic!("expected continue");
-        };
-        assert_eq!(p.remove_headers, vec![PROBE_HEADER.to_string()]);
-        assert!(p.set_headers.is_empty());
-    }
-
-    #[test]
-    fn probe_is_tagged_with_its_episode() {
-        let gate = Gate::<()>::Probe {
+    fn passes_and_probes_leave_the_request_as_it_is() {
+        let probe = Gate::<()>::Probe {
             episode: 42,
             transition: None,
         };
-        let RequestAction::Continue(p) = respond(&config("{}"), "upstream", "b", gate) else {
-            panic!("expected continue");
-        };
-        assert_eq!(p.remove_headers, vec![PROBE_HEADER.to_string()]);
-        assert_eq!(header(&p.set_headers, PROBE_HEADER), Some("42"));
+        for gate in [Gate::Pass, probe] {
+            let RequestAction::Continue(p) = respond(&config("{}"), "upstream", "b", gate) else {
+                panic!("expected continue");
+            };
+            assert!(p.remove_headers.is_empty() && p.set_headers.is_empty());
+        }
     }
 
     #[test]
