@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Compile every plugin of a configuration into the module cache, so a
+    /// gateway started later (from a container image, say) compiles nothing.
+    Compile {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Work on plugins without a running gateway.
     Plugin {
         #[command(subcommand)]
@@ -101,6 +108,7 @@ pub fn main() -> ExitCode {
                 }
             },
             Command::Run { config, no_watch } => run(config, !no_watch).await,
+            Command::Compile { config } => compile(&config).await,
             Command::Plugin {
                 command:
                     PluginCommand::Test {
@@ -111,6 +119,39 @@ pub fn main() -> ExitCode {
             } => plugin_test(&module, spec.as_deref(), memory_mb).await,
         }
     })
+}
+
+async fn compile(config: &std::path::Path) -> ExitCode {
+    let compiled = match crate::gateway::compile(config).await {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration", config.display());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for c in &compiled {
+        match &c.result {
+            Ok((language, true)) => println!("{}: already cached ({language})", c.plugin),
+            Ok((language, false)) => println!(
+                "{}: compiled ({language}) in {:.1} s",
+                c.plugin,
+                c.elapsed.as_secs_f64()
+            ),
+            Err(e) => {
+                failed = true;
+                eprintln!("{}: {e}", c.plugin);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn plugin_test(

@@ -381,6 +381,31 @@ pub struct RuntimeConfig {
     /// The largest memory cap any plugin may ask for, in MiB.
     #[serde(default = "default_max_memory_mb")]
     pub max_memory_mb: u32,
+    /// Most MiB the module cache may hold; least recently used entries go
+    /// first when a new one is written.
+    #[serde(default = "default_module_cache_mb")]
+    pub module_cache_mb: u64,
+    /// How plugins are compiled to machine code.
+    #[serde(default)]
+    pub compiler: Compiler,
+}
+
+/// The compiler wasmtime uses for plugins; see `docs/plugins/startup.md`
+/// for what each costs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compiler {
+    /// Cranelift, optimising for speed: the fastest code.
+    #[default]
+    Cranelift,
+    /// Cranelift without optimisation: faster to compile, slower to run.
+    CraneliftUnoptimized,
+    /// Winch, the single-pass baseline compiler: fastest to compile.
+    Winch,
+}
+
+fn default_module_cache_mb() -> u64 {
+    1024
 }
 
 fn default_instance_slots() -> u32 {
@@ -397,6 +422,8 @@ impl Default for RuntimeConfig {
             no_module_cache: false,
             instance_slots: default_instance_slots(),
             max_memory_mb: default_max_memory_mb(),
+            module_cache_mb: default_module_cache_mb(),
+            compiler: Compiler::default(),
         }
     }
 }

@@ -268,6 +268,70 @@ pub async fn validate(path: &Path) -> Result<Snapshot, ConfigErrors> {
     Snapshot::build(cfg, &text, base_dir(path), &Arc::new(runtime), 1, None).await
 }
 
+/// What `wicket compile` did with one plugin.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The plugin's configured name.
+    pub plugin: String,
+    /// Its language, or why it could not be compiled.
+    pub result: Result<(crate::plugin::Language, bool), String>,
+    /// Time to compile (or load) it.
+    pub elapsed: std::time::Duration,
+}
+
+/// Fill the module cache with every plugin of the config at `path`, side
+/// by side, so a gateway started later (in a container image built with the
+/// cache) compiles nothing. Plugins are not initialised.
+pub async fn compile(path: &Path) -> Result<Vec<Compiled>, ConfigErrors> {
+    let (_, cfg) = load(path, config::DEFAULT_DEBOUNCE).await?;
+    let options = RuntimeOptions::from_config(&cfg.runtime);
+    if options.module_cache.is_none() {
+        return Err(ConfigErrors(vec![config::ConfigError::at(
+            "runtime.no_module_cache",
+            "the module cache is off: there is nothing to fill",
+        )]));
+    }
+    let clock = Clock::system();
+    let runtime = Arc::new(
+        Runtime::new(
+            options,
+            clock.clone(),
+            SharedState::in_memory(clock),
+            Arc::new(Metrics::new()),
+        )
+        .map_err(|e| ConfigErrors(vec![config::ConfigError::at("runtime", e.to_string())]))?,
+    );
+    let base = base_dir(path).to_path_buf();
+    let mut names: Vec<&String> = cfg.plugins.keys().collect();
+    names.sort();
+    let tasks: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let (rt, module, name) = (
+                runtime.clone(),
+                base.join(&cfg.plugins[name].module),
+                name.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let result = rt.precompile(&module);
+                Compiled {
+                    plugin: name,
+                    result,
+                    elapsed: started.elapsed(),
+                }
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.map_err(|e| {
+            ConfigErrors(vec![config::ConfigError::at("plugins", format!("compiling panicked: {e}"))])
+        })?);
+    }
+    Ok(done)
+}
+
 /// A started gateway.
 pub struct Gateway {
     shared: Arc<Shared>,

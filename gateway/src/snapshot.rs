@@ -113,12 +113,24 @@ impl Snapshot {
         }
 
         // Compilation is CPU-heavy; keep it off the async workers so a reload
-        // does not stall traffic.
+        // does not stall traffic, and compile the modules side by side (an
+        // unchanged module is not compiled again: it is in memory or in the
+        // module cache).
         let mut plugins = HashMap::new();
-        for (name, p) in &config.plugins {
-            let (rt, name2, p2, base2) =
-                (runtime.clone(), name.clone(), p.clone(), base.to_path_buf());
-            let loaded = tokio::task::spawn_blocking(move || rt.load(&name2, &p2, &base2))
+        let mut names: Vec<&String> = config.plugins.keys().collect();
+        names.sort();
+        let loading: Vec<_> = names
+            .into_iter()
+            .map(|name| {
+                let p = &config.plugins[name];
+                let (rt, name2, p2, base2) =
+                    (runtime.clone(), name.clone(), p.clone(), base.to_path_buf());
+                let task = tokio::task::spawn_blocking(move || rt.load(&name2, &p2, &base2));
+                (name, task)
+            })
+            .collect();
+        for (name, task) in loading {
+            let loaded = task
                 .await
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
             match loaded {

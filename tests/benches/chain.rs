@@ -113,6 +113,7 @@ fn runtime() -> Arc<Runtime> {
         module_cache: Some(wicket_tests::module_cache()),
         instance_slots: 1000,
         max_memory_bytes: 256 * 1024 * 1024,
+        ..RuntimeOptions::from_config(&Default::default())
     };
     let state = SharedState::in_memory(clock.clone());
     Arc::new(Runtime::new(options, clock, state, Arc::new(Metrics::new())).expect("runtime"))

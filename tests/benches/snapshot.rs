@@ -74,6 +74,7 @@ fn builds(c: &mut Criterion) {
         module_cache: Some(wicket_tests::module_cache()),
         instance_slots: 1000,
         max_memory_bytes: 256 * 1024 * 1024,
+        ..RuntimeOptions::from_config(&Default::default())
     };
     let state = SharedState::in_memory(clock.clone());
     let runtime =

@@ -230,6 +230,7 @@ pub async fn run(
         module_cache: cache,
         instance_slots: 8,
         max_memory_bytes: 256 * 1024 * 1024,
+        ..RuntimeOptions::from_config(&Default::default())
     };
     let runtime = match Runtime::new(options, clock.clone(), state, Arc::new(Metrics::new())) {
         Ok(r) => Arc::new(r),

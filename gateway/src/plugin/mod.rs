@@ -141,13 +141,17 @@ impl std::fmt::Display for Language {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache: Option<PathBuf>,
+    cache: Option<cache::Cache>,
     clock: Clock,
     state: SharedState,
     metrics: Arc<Metrics>,
     /// Compiled components by module digest, so a reload that keeps a module
     /// does not compile it again; pruned by [`Runtime::retain_modules`].
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiles that may run at once: one per core. Each uses several
+    /// hundred MiB for a Python or JavaScript module, so more would only
+    /// raise peak memory.
+    compile_slots: (Mutex<usize>, std::sync::Condvar),
     max_memory_bytes: usize,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -161,6 +165,10 @@ pub struct RuntimeOptions {
     pub instance_slots: u32,
     /// Largest memory cap a plugin may have.
     pub max_memory_bytes: usize,
+    /// Most bytes the module cache may hold.
+    pub module_cache_bytes: u64,
+    /// How modules are compiled.
+    pub compiler: crate::config::Compiler,
 }
 
 impl RuntimeOptions {
@@ -178,6 +186,8 @@ impl RuntimeOptions {
             module_cache,
             instance_slots: cfg.instance_slots,
             max_memory_bytes: cfg.max_memory_mb as usize * 1024 * 1024,
+            module_cache_bytes: cfg.module_cache_mb.saturating_mul(1024 * 1024),
+            compiler: cfg.compiler,
         }
     }
 }
@@ -202,6 +212,19 @@ impl Runtime {
         config
             .epoch_interruption(true)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match options.compiler {
+            crate::config::Compiler::Cranelift => {
+                config.strategy(wasmtime::Strategy::Cranelift);
+            }
+            crate::config::Compiler::CraneliftUnoptimized => {
+                config
+                    .strategy(wasmtime::Strategy::Cranelift)
+                    .cranelift_opt_level(wasmtime::OptLevel::None);
+            }
+            crate::config::Compiler::Winch => {
+                config.strategy(wasmtime::Strategy::Winch);
+            }
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let mut linker = Linker::new(&engine);
@@ -230,11 +253,18 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            cache: options.module_cache,
+            cache: options.module_cache.map(|dir| cache::Cache {
+                dir,
+                max_bytes: options.module_cache_bytes,
+            }),
             clock,
             state,
             metrics,
             compiled: Mutex::new(HashMap::new()),
+            compile_slots: (
+                Mutex::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+                std::sync::Condvar::new(),
+            ),
             max_memory_bytes: options.max_memory_bytes,
             ticker_stop,
         })
@@ -318,13 +348,40 @@ impl Runtime {
     }
 
     fn component(&self, digest: &[u8; 32], bytes: &[u8]) -> wasmtime::Result<Component> {
-        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = compiled.get(digest) {
-            return Ok(c.clone());
+        let known = |compiled: &HashMap<[u8; 32], Component>| compiled.get(digest).cloned();
+        if let Some(c) = known(&self.compiled.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(c);
         }
-        let component = cache::load_or_compile(&self.engine, self.cache.as_deref(), digest, bytes)?;
-        compiled.insert(*digest, component.clone());
-        Ok(component)
+        // Compile without the lock, so modules compile side by side, one
+        // per core.
+        let component = {
+            let (slots, freed) = &self.compile_slots;
+            let mut free = slots.lock().unwrap_or_else(|p| p.into_inner());
+            while *free == 0 {
+                free = freed.wait(free).unwrap_or_else(|p| p.into_inner());
+            }
+            *free -= 1;
+            drop(free);
+            let result = cache::load_or_compile(&self.engine, self.cache.as_ref(), digest, bytes);
+            *slots.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            freed.notify_one();
+            result?
+        };
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(compiled.entry(*digest).or_insert(component).clone())
+    }
+
+    /// Compile (or load from the cache) the module at `path` and say
+    /// whether it came from the cache: what `wicket compile` does for each
+    /// plugin of a configuration, so an image ships with its cache filled.
+    pub fn precompile(&self, path: &Path) -> Result<(Language, bool), String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let cached = self.cache.as_ref().is_some_and(|c| c.has(&self.engine, &digest));
+        self.component(&digest, &bytes)
+            .map_err(|e| format!("{} is not a usable component: {e}", path.display()))?;
+        Ok((Language::of(&bytes), cached))
     }
 
     /// Forget compiled modules whose digests are not in `keep`; called after a

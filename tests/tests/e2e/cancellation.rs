@@ -23,6 +23,7 @@ async fn single_instance_pool() -> Arc<Pool> {
         module_cache: Some(wicket_tests::module_cache()),
         instance_slots: 16,
         max_memory_bytes: 64 * 1024 * 1024,
+        ..RuntimeOptions::from_config(&Default::default())
     };
     let state = SharedState::in_memory(clock.clone());
     let runtime =
