@@ -78,7 +78,7 @@ fn main() {
 /// `(crate name, directory)` of every cdylib plugin crate.
 fn plugin_crates(plugins: &Path) -> Vec<(String, PathBuf)> {
     let mut crates = Vec::new();
-    for group in ["examples", "policies", "test-programs"] {
+    for group in ["examples", "policies", "templates", "test-programs"] {
         let Ok(entries) = std::fs::read_dir(plugins.join(group)) else {
             continue;
         };

@@ -55,6 +55,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Start a policy from the Python or JavaScript template: a folder with
+    /// the policy, its unit tests, a spec, a build script and its own copy of
+    /// the contract and the SDK.
+    New {
+        /// The language.
+        #[arg(long)]
+        lang: crate::plugin::scaffold::Lang,
+        /// The plugin's name, also its folder's.
+        name: String,
+        /// Where to create the folder (default: here).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Load a component without sockets, run the contract checks and a
     /// behaviour spec, and exit non-zero if any check fails.
     Test {
@@ -109,6 +122,18 @@ pub fn main() -> ExitCode {
             },
             Command::Run { config, no_watch } => run(config, !no_watch).await,
             Command::Compile { config } => compile(&config).await,
+            Command::Plugin {
+                command: PluginCommand::New { lang, name, dir },
+            } => match crate::plugin::scaffold::new(lang, &name, &dir) {
+                Ok(path) => {
+                    println!("created {}: run {}/build", path.display(), path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wicket: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Plugin {
                 command:
                     PluginCommand::Test {

@@ -390,7 +390,7 @@ pub struct RuntimeConfig {
     pub compiler: Compiler,
 }
 
-/// The compiler wasmtime uses for plugins; see `docs/plugins/startup.md`
+/// The compiler wasmtime uses for plugins; see `docs/writing-plugins.md`
 /// for what each costs.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -456,6 +456,11 @@ pub struct Limits {
     /// Wall-clock deadline for one hook call, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// Deadline for creating an instance (instantiation and `init`), in
+    /// milliseconds: an interpreter-carrying guest (Python, JavaScript)
+    /// starts in tens of milliseconds, more on a busy machine.
+    #[serde(default = "default_init_deadline_ms")]
+    pub init_deadline_ms: u64,
     /// Most instances alive at once per (plugin, route config); requests wait
     /// for a free one.
     #[serde(default = "default_instances")]
@@ -478,6 +483,9 @@ pub struct Limits {
 fn default_deadline_ms() -> u64 {
     50
 }
+fn default_init_deadline_ms() -> u64 {
+    1_000
+}
 fn default_instances() -> u32 {
     16
 }
@@ -499,6 +507,7 @@ impl Default for Limits {
         Limits {
             memory_mb: None,
             deadline_ms: default_deadline_ms(),
+            init_deadline_ms: default_init_deadline_ms(),
             instances: default_instances(),
             queue_timeout_ms: default_queue_timeout_ms(),
             max_headers: default_max_headers(),

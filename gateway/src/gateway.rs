@@ -326,7 +326,10 @@ pub async fn compile(path: &Path) -> Result<Vec<Compiled>, ConfigErrors> {
     let mut done = Vec::new();
     for t in tasks {
         done.push(t.await.map_err(|e| {
-            ConfigErrors(vec![config::ConfigError::at("plugins", format!("compiling panicked: {e}"))])
+            ConfigErrors(vec![config::ConfigError::at(
+                "plugins",
+                format!("compiling panicked: {e}"),
+            )])
         })?);
     }
     Ok(done)

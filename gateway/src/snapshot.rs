@@ -250,10 +250,12 @@ impl Snapshot {
                     }
                     // Too little memory is the plugin's setting, not this
                     // route's config.
-                    Err(e @ crate::plugin::PluginError::MemoryCap(_)) => errors.push(ConfigError::at(
-                        format!("plugins.{}.limits.memory_mb", entry.name),
-                        format!("{e} (initialising {at})"),
-                    )),
+                    Err(e @ crate::plugin::PluginError::MemoryCap(_)) => {
+                        errors.push(ConfigError::at(
+                            format!("plugins.{}.limits.memory_mb", entry.name),
+                            format!("{e} (initialising {at})"),
+                        ))
+                    }
                     Err(e) => errors.push(ConfigError::at(format!("{at}.config"), e.to_string())),
                 }
             }
@@ -466,6 +468,7 @@ fn split_field(msg: &str) -> (String, String) {
         "limits.memory_mb",
         "limits.instances",
         "limits.deadline_ms",
+        "limits.init_deadline_ms",
     ] {
         if let Some(rest) = msg.strip_prefix(&format!("{field}: ")) {
             return (format!(".{field}"), rest.to_string());

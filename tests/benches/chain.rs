@@ -204,14 +204,14 @@ fn chains(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(kind, n), |b| {
                 b.to_async(&rt).iter(|| async {
                     let mut parts = head.clone();
-                    let pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+                    let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
                     assert!(pass.short_circuit.is_none(), "no-op plugins continue");
                     let mut resp = http::Response::new(wicket::body::empty());
                     resp.headers_mut().insert(
                         HeaderName::from_static("content-type"),
                         HeaderValue::from_static("application/json"),
                     );
-                    chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await
+                    chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await
                 });
             });
         }
@@ -236,7 +236,7 @@ fn chains(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let mut parts = parts.borrow_mut();
                 let decision = pool
-                    .on_request(&mut parts, &info, upstream)
+                    .on_request(&mut parts, &info, upstream, &mut Default::default())
                     .await
                     .expect("no-op succeeds");
                 assert!(matches!(decision, RequestDecision::Continue(_)));
@@ -281,13 +281,13 @@ fn policies(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let mut parts = head.clone();
-                let pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+                let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
                 assert!(
                     pass.short_circuit.is_none(),
                     "{name} lets the request through"
                 );
                 let resp = http::Response::new(wicket::body::empty());
-                chain::on_response(route, &pass, &mut parts, &info, &outcome, resp).await
+                chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await
             });
         });
     }

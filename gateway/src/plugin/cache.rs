@@ -104,7 +104,9 @@ fn prune(dir: &Path, max_bytes: u64, keep: &Path) {
                 total -= len;
                 tracing::info!(path = %path.display(), bytes = len, "pruned precompiled module (least recently used)");
             }
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not prune precompiled module"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not prune precompiled module")
+            }
         }
     }
 }
@@ -164,7 +166,10 @@ mod tests {
         assert!(recent.exists() && new.exists());
         assert!(other.exists(), "only cache entries are pruned");
         touch(&recent);
-        assert!(std::fs::metadata(&recent).unwrap().modified().unwrap() > std::time::SystemTime::now() - std::time::Duration::from_secs(10));
+        assert!(
+            std::fs::metadata(&recent).unwrap().modified().unwrap()
+                > std::time::SystemTime::now() - std::time::Duration::from_secs(10)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

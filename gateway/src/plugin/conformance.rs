@@ -199,12 +199,7 @@ impl std::fmt::Display for Report {
             }
         }
         let failed = self.failures().count();
-        write!(
-            f,
-            "{} checks, {} failed",
-            self.checks.len(),
-            failed
-        )
+        write!(f, "{} checks, {} failed", self.checks.len(), failed)
     }
 }
 
@@ -395,7 +390,10 @@ async fn run_case(
     let (params_path, params) = params(&req.params);
     let info = Arc::new(RequestInfo {
         scheme: "http",
-        authority: req.authority.clone().unwrap_or_else(|| "example.test".into()),
+        authority: req
+            .authority
+            .clone()
+            .unwrap_or_else(|| "example.test".into()),
         client: req
             .client
             .unwrap_or_else(|| "203.0.113.7:40000".parse().expect("a literal address")),
@@ -454,10 +452,9 @@ async fn run_case(
                         .map_err(|e| format!("the patched path is not a URI: {e}"))?;
                 }
                 if let Some(name) = patch.upstream {
-                    upstream = upstreams
-                        .get(&name)
-                        .cloned()
-                        .ok_or_else(|| format!("chose upstream {name:?}, which the spec does not list"))?;
+                    upstream = upstreams.get(&name).cloned().ok_or_else(|| {
+                        format!("chose upstream {name:?}, which the spec does not list")
+                    })?;
                 }
                 for (name, value) in patch.response_headers {
                     client_headers.append(name, value);
@@ -469,7 +466,10 @@ async fn run_case(
     let (status, result) = match case.upstream.error.as_deref() {
         None => {
             let s = case.upstream.status.unwrap_or(200);
-            (StatusCode::from_u16(s).map_err(|e| e.to_string())?, OutcomeResult::Status(s))
+            (
+                StatusCode::from_u16(s).map_err(|e| e.to_string())?,
+                OutcomeResult::Status(s),
+            )
         }
         Some(e) => {
             let kind = match e {
@@ -504,7 +504,14 @@ async fn run_case(
             endpoint: Some("127.0.0.1:9".into()),
         };
         match pool
-            .on_response(&mut parts, &info, &upstream, &outcome, &mut head, &mut context)
+            .on_response(
+                &mut parts,
+                &info,
+                &upstream,
+                &outcome,
+                &mut head,
+                &mut context,
+            )
             .await
             .map_err(|e| format!("on-response failed: {e}"))?
         {
@@ -595,7 +602,10 @@ fn compare(expect: &Expect, got: Outcome) -> Result<(), String> {
         match serde_json::from_slice::<serde_json::Value>(&got.body) {
             Ok(v) if contains(&v, want) => {}
             Ok(v) => wrong.push(format!("body: expected to contain {want}, got {v}")),
-            Err(e) => wrong.push(format!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&got.body))),
+            Err(e) => wrong.push(format!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&got.body)
+            )),
         }
     }
     if wrong.is_empty() {

@@ -37,6 +37,8 @@ pub(crate) struct HostState {
     pub(crate) output: GuestOutput,
     /// Epoch ticks this call may still run before it is stopped.
     pub(crate) ticks_left: u64,
+    /// The deadline of the call in progress, for its error.
+    pub(crate) deadline_ms: u64,
     /// What the running hook may read; `None` between calls.
     pub(crate) call: Option<Call>,
     /// The configuration's upstream names, sorted, for `gateway.upstreams`.

@@ -15,6 +15,7 @@ mod bindings;
 mod cache;
 pub mod conformance;
 mod host;
+pub mod scaffold;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -298,6 +299,9 @@ impl Runtime {
         if cfg.limits.deadline_ms == 0 {
             return Err("limits.deadline_ms must be at least 1".into());
         }
+        if cfg.limits.init_deadline_ms == 0 {
+            return Err("limits.init_deadline_ms must be at least 1".into());
+        }
         let path = base.join(&cfg.module);
         let bytes = std::fs::read(&path)
             .map_err(|e| format!("module: cannot read {}: {e}", path.display()))?;
@@ -378,7 +382,10 @@ impl Runtime {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let cached = self.cache.as_ref().is_some_and(|c| c.has(&self.engine, &digest));
+        let cached = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.has(&self.engine, &digest));
         self.component(&digest, &bytes)
             .map_err(|e| format!("{} is not a usable component: {e}", path.display()))?;
         Ok((Language::of(&bytes), cached))
@@ -496,6 +503,7 @@ impl Plugin {
             limiter: MemoryCap::new(self.memory_bytes),
             output: out,
             ticks_left: 0,
+            deadline_ms: 0,
             call: None,
             upstreams: upstreams.clone(),
             counters: Default::default(),
@@ -506,7 +514,7 @@ impl Plugin {
         store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
             if data.ticks_left == 0 {
-                return Err(wasmtime::Error::new(DeadlineExceeded));
+                return Err(wasmtime::Error::new(DeadlineExceeded(data.deadline_ms)));
             }
             data.ticks_left -= 1;
             // Yield at every tick so a busy guest never holds a worker thread
@@ -517,12 +525,15 @@ impl Plugin {
     }
 
     fn arm_deadline(&self, store: &mut Store<HostState>) {
-        let ticks = self
-            .limits
-            .deadline_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64);
+        self.arm(store, self.limits.deadline_ms);
+    }
+
+    /// Arm the epoch deadline of the next call at `ms`.
+    fn arm(&self, store: &mut Store<HostState>, ms: u64) {
+        let ticks = ms.div_ceil(EPOCH_TICK.as_millis() as u64);
         let data = store.data_mut();
         data.ticks_left = ticks;
+        data.deadline_ms = ms;
         data.limiter.refused = None;
         store.set_epoch_deadline(1);
     }
@@ -537,10 +548,18 @@ impl Plugin {
         &self,
         call: impl std::future::Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
-        let deadline = Duration::from_millis(self.limits.deadline_ms);
-        match tokio::time::timeout(deadline, call).await {
+        self.within(self.limits.deadline_ms, call).await
+    }
+
+    /// [`Plugin::wall_clock`] with a deadline of `ms`.
+    async fn within<T>(
+        &self,
+        ms: u64,
+        call: impl std::future::Future<Output = wasmtime::Result<T>>,
+    ) -> wasmtime::Result<T> {
+        match tokio::time::timeout(Duration::from_millis(ms), call).await {
             Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+            Err(_) => Err(wasmtime::Error::new(DeadlineExceeded(ms))),
         }
     }
 
@@ -549,8 +568,8 @@ impl Plugin {
     /// last wrote to stderr — a Python traceback or a JavaScript exception
     /// says more than the wasm backtrace of the `abort` it ended in.
     fn classify(&self, err: wasmtime::Error, data: &HostState) -> PluginError {
-        if err.is::<DeadlineExceeded>() {
-            return PluginError::Deadline(self.limits.deadline_ms);
+        if let Some(DeadlineExceeded(ms)) = err.downcast_ref::<DeadlineExceeded>() {
+            return PluginError::Deadline(*ms);
         }
         if let Some(desired) = data.limiter.refused {
             // The guest was told "no" (memory.grow returned -1) and then
@@ -561,14 +580,19 @@ impl Plugin {
             };
             return PluginError::MemoryCap(with_guest_output(cap.to_string(), data));
         }
-        tracing::debug!(plugin = &*self.name, error = format!("{err:#}"), "guest trapped");
+        tracing::debug!(
+            plugin = &*self.name,
+            error = format!("{err:#}"),
+            "guest trapped"
+        );
         PluginError::Trap(trap_message(&err, data))
     }
 }
 
+/// A call ran past its deadline of this many milliseconds.
 #[derive(Debug, thiserror::Error)]
-#[error("deadline exceeded")]
-struct DeadlineExceeded;
+#[error("deadline of {0} ms exceeded")]
+struct DeadlineExceeded(u64);
 
 /// `message`, followed by what the guest last wrote to stderr, if anything.
 fn with_guest_output(message: String, data: &HostState) -> String {
@@ -714,9 +738,12 @@ impl Pool {
     async fn fresh_instance(&self) -> Result<(Instance, Hooks), PluginError> {
         let plugin = &self.plugin;
         let mut store = plugin.new_store(&self.upstreams);
-        // The deadline covers instantiation and `init` too: a new store's
-        // deadline starts at zero and would trap at once otherwise.
-        plugin.arm_deadline(&mut store);
+        // Instantiation and `init` have a deadline of their own: a Python or
+        // JavaScript guest starts its interpreter there, which takes longer
+        // than a hook. (A new store's deadline starts at zero and would trap
+        // at once otherwise.)
+        let init_ms = plugin.limits.init_deadline_ms;
+        plugin.arm(&mut store, init_ms);
         let instantiated = match plugin.pre.instantiate_async(&mut store).await {
             Ok(instance) => plugin.exports.funcs(&mut store, &instance),
             Err(e) => Err(e),
@@ -725,9 +752,9 @@ impl Pool {
             PluginError::Trap(m) => PluginError::Instantiate(m),
             other => other,
         })?;
-        plugin.arm_deadline(&mut store);
+        plugin.arm(&mut store, init_ms);
         let hooks = match plugin
-            .wall_clock(funcs.init(&mut store, &self.config))
+            .within(init_ms, funcs.init(&mut store, &self.config))
             .await
         {
             Ok(Ok(hooks)) => hooks,

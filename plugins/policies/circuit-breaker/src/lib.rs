@@ -14,8 +14,8 @@ mod outcome;
 
 use wicket_plugin_sdk::transact::{HostStore, TxError};
 use wicket_plugin_sdk::{
-    clock, context, export_plugin, log, metrics, Plugin, Request, RequestAction, RequestPatch, Response,
-    ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
+    clock, context, export_plugin, log, metrics, Plugin, Request, RequestAction, RequestPatch,
+    Response, ResponseAction, ResponseHead, ResponsePatch, UpstreamOutcome,
 };
 
 use crate::breaker::{Gate, Transition};

@@ -61,7 +61,8 @@ impl Plugin for FixedWindow {
             .as_deref()
             .and_then(|h| request.header_str(h))
             .unwrap_or_else(|| request.client_ip().to_string());
-        let counter = match state::increment_with_ttl(&format!("w:{who}"), 1, Some(self.window_ms)) {
+        let counter = match state::increment_with_ttl(&format!("w:{who}"), 1, Some(self.window_ms))
+        {
             Ok(c) => c,
             // The store is down: let traffic through rather than refuse all.
             Err(_) => return RequestAction::Continue(RequestPatch::default()),
