@@ -46,12 +46,6 @@ impl Outcome {
     }
 }
 
-/// Where the presented key was found, so `strip_key` removes it from there.
-enum Source {
-    Header,
-    Query,
-}
-
 impl KeyAuth {
     fn from_config(config: Config) -> KeyAuth {
         KeyAuth {
@@ -65,7 +59,7 @@ impl KeyAuth {
 
     /// The decision for one request; no host imports, so it is unit-tested as is.
     fn authenticate(&self, request: &Request) -> (RequestAction, Outcome) {
-        let Some((key, source)) = self.presented_key(request) else {
+        let Some(key) = self.presented_key(request) else {
             let response = unauthorized("missing_api_key", "an API key is required");
             return (RequestAction::Respond(response), Outcome::MissingKey);
         };
@@ -77,27 +71,32 @@ impl KeyAuth {
         // can trust the one they receive (remove is applied before set).
         let mut patch = RequestPatch::default().remove_header(&self.consumer_header);
         if self.strip_key {
-            patch = match (source, &self.query_param, request.query()) {
-                (Source::Query, Some(param), Some(query)) => {
-                    patch.query(query_without(query, param))
+            // Every copy the request carries goes, not only the one that
+            // authenticated it: a second key in the query would otherwise
+            // reach the upstream (and its logs).
+            if request.header(&self.header).is_some() {
+                patch = patch.remove_header(&self.header);
+            }
+            if let (Some(param), Some(query)) = (&self.query_param, request.query()) {
+                if request.query_param(param).is_some() {
+                    patch = patch.query(query_without(query, param));
                 }
-                _ => patch.remove_header(&self.header),
-            };
+            }
         }
         patch = patch.set_header(&self.consumer_header, consumer);
         (RequestAction::Continue(patch), Outcome::Allowed)
     }
 
-    fn presented_key(&self, request: &Request) -> Option<(Vec<u8>, Source)> {
+    fn presented_key(&self, request: &Request) -> Option<Vec<u8>> {
         if let Some(value) = request.header(&self.header) {
             let value = value.trim_ascii();
             if !value.is_empty() {
-                return Some((value.to_vec(), Source::Header));
+                return Some(value.to_vec());
             }
         }
         let raw = request.query_param(self.query_param.as_deref()?)?;
         let value = percent_decode(raw);
-        (!value.is_empty()).then_some((value, Source::Query))
+        (!value.is_empty()).then_some(value)
     }
 }
 
@@ -322,12 +321,18 @@ mod tests {
     #[test]
     fn header_wins_over_query_param() {
         let p = plugin(&format!(r#"{KEYS}, "query_param": "api_key"}}"#));
-        let req = request(&[("x-api-key", "s3cret-b")], Some("api_key=s3cret-a"));
+        let req = request(
+            &[("x-api-key", "s3cret-b")],
+            Some("api_key=s3cret-a&page=2"),
+        );
         let patch = continued(p.authenticate(&req).0);
         assert_eq!(
             header_value(&patch.set_headers, "x-wicket-consumer"),
             Some("bob")
         );
+        // Both keys are stripped, not only the one that authenticated.
+        assert!(patch.remove_headers.contains(&"x-api-key".to_string()));
+        assert_eq!(patch.query.as_deref(), Some("page=2"));
     }
 
     #[test]
