@@ -27,9 +27,10 @@ pub struct RequestPass {
     /// Set when a plugin answered (or a fail-closed plugin failed): the
     /// response to send instead of calling the upstream.
     pub short_circuit: Option<http::Response<Body>>,
-    /// Each plugin's request context, by chain position (what `on-request`
-    /// kept for `on-response`).
-    pub contexts: Vec<Context>,
+    /// The request contexts plugins set in `on-request`, by chain position,
+    /// for their `on-response`. Only non-empty ones are kept, so a request
+    /// whose plugins keep nothing allocates nothing for them.
+    pub contexts: Vec<(usize, Context)>,
 }
 
 impl RequestPass {
@@ -57,15 +58,19 @@ pub async fn on_request(
         short_circuit: None,
         contexts: Vec::new(),
     };
-    pass.contexts
-        .resize_with(route.chain.len(), Context::default);
     for (i, pool) in route.chain.iter().enumerate() {
         if !pool.hooks().on_request {
             pass.continued.push(i);
             continue;
         }
-        let context = &mut pass.contexts[i];
-        match pool.on_request(parts, info, &pass.upstream, context).await {
+        let mut context = Context::default();
+        let result = pool
+            .on_request(parts, info, &pass.upstream, &mut context)
+            .await;
+        if !context.is_empty() {
+            pass.contexts.push((i, context));
+        }
+        match result {
             Ok(RequestDecision::Continue(patch)) => {
                 if let Err(e) = apply_request_patch(snapshot, pool, patch, parts, &mut pass) {
                     pass.short_circuit = Some(e.to_response(&info.request_id));
@@ -99,35 +104,18 @@ pub async fn on_request(
 fn apply_request_patch(
     snapshot: &Snapshot,
     pool: &Pool,
-    patch: RequestPatch,
+    mut patch: RequestPatch,
     parts: &mut http::request::Parts,
     pass: &mut RequestPass,
 ) -> Result<(), ProxyError> {
-    for name in &patch.remove_headers {
-        parts.headers.remove(name);
-    }
-    for (name, value) in patch.set_headers {
-        parts.headers.insert(name, value);
-    }
-    if patch.path.is_some() || patch.query.is_some() {
-        let path = patch.path.unwrap_or_else(|| parts.uri.path().to_string());
-        let query = match patch.query {
-            Some(q) => (!q.is_empty()).then_some(q),
-            None => parts.uri.query().map(str::to_string),
-        };
-        let pq = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        // The path was validated at the boundary, so this only fails on an
-        // impossible combination; treat that like a bad plugin output.
-        parts.uri = pq.parse().map_err(|_| ProxyError::Plugin {
-            plugin: pool.plugin().name().to_string(),
-            source: crate::plugin::PluginError::InvalidOutput(
-                "path rewrite produced an invalid URI".into(),
-            ),
-        })?;
-    }
+    // The path was validated at the boundary, so this only fails on an
+    // impossible combination; treat that like a bad plugin output.
+    patch.apply_to_head(parts).map_err(|_| ProxyError::Plugin {
+        plugin: pool.plugin().name().to_string(),
+        source: crate::plugin::PluginError::InvalidOutput(
+            "path rewrite produced an invalid URI".into(),
+        ),
+    })?;
     if let Some(name) = patch.upstream {
         pass.upstream =
             snapshot
@@ -159,6 +147,10 @@ pub async fn on_response(
         if !pool.hooks().on_response {
             continue;
         }
+        let mut context = match pass.contexts.iter().position(|(at, _)| *at == i) {
+            Some(k) => pass.contexts.swap_remove(k).1,
+            None => Context::default(),
+        };
         let (mut head, body) = resp.into_parts();
         let result = pool
             .on_response(
@@ -167,21 +159,15 @@ pub async fn on_response(
                 &pass.upstream,
                 outcome,
                 &mut head,
-                &mut pass.contexts[i],
+                &mut context,
             )
             .await;
         resp = http::Response::from_parts(head, body);
         match result {
             Ok(ResponseDecision::Continue(patch)) => {
-                if let Some(status) = patch.status {
-                    *resp.status_mut() = status;
-                }
-                for name in &patch.remove_headers {
-                    resp.headers_mut().remove(name);
-                }
-                for (name, value) in patch.set_headers {
-                    resp.headers_mut().insert(name, value);
-                }
+                let (mut head, body) = resp.into_parts();
+                patch.apply(&mut head);
+                resp = http::Response::from_parts(head, body);
             }
             Ok(ResponseDecision::Replace(r)) => resp = plugin_response(r),
             Err(err) => match pool.plugin().failure_policy() {

@@ -433,24 +433,10 @@ async fn run_case(
                     },
                 );
             }
-            RequestDecision::Continue(patch) => {
-                for name in &patch.remove_headers {
-                    parts.headers.remove(name);
-                }
-                for (name, value) in patch.set_headers {
-                    parts.headers.insert(name, value);
-                }
-                if patch.path.is_some() || patch.query.is_some() {
-                    let p = patch.path.unwrap_or_else(|| parts.uri.path().to_string());
-                    let q = match patch.query {
-                        Some(q) => (!q.is_empty()).then_some(q),
-                        None => parts.uri.query().map(str::to_string),
-                    };
-                    let pq = q.map_or(p.clone(), |q| format!("{p}?{q}"));
-                    parts.uri = pq
-                        .parse()
-                        .map_err(|e| format!("the patched path is not a URI: {e}"))?;
-                }
+            RequestDecision::Continue(mut patch) => {
+                patch
+                    .apply_to_head(&mut parts)
+                    .map_err(|e| format!("the patched path is not a URI: {e}"))?;
                 if let Some(name) = patch.upstream {
                     upstream = upstreams.get(&name).cloned().ok_or_else(|| {
                         format!("chose upstream {name:?}, which the spec does not list")
@@ -515,17 +501,7 @@ async fn run_case(
             .await
             .map_err(|e| format!("on-response failed: {e}"))?
         {
-            ResponseDecision::Continue(patch) => {
-                if let Some(s) = patch.status {
-                    head.status = s;
-                }
-                for name in &patch.remove_headers {
-                    head.headers.remove(name);
-                }
-                for (name, value) in patch.set_headers {
-                    head.headers.insert(name, value);
-                }
-            }
+            ResponseDecision::Continue(patch) => patch.apply(&mut head),
             ResponseDecision::Replace(r) => {
                 head.status = r.status;
                 head.headers = r.headers.into_iter().collect();

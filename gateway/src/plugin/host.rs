@@ -75,6 +75,11 @@ const CONTEXT_KEYS: usize = 16;
 const CONTEXT_BYTES: usize = 4096;
 
 impl Context {
+    /// Whether nothing was set.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn get(&self, key: &str) -> Option<&[u8]> {
         self.entries
             .iter()

@@ -983,6 +983,56 @@ pub struct RequestPatch {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl RequestPatch {
+    /// Apply the changes to the request head — headers (removals first),
+    /// path and query — taking them out of the patch; `upstream` and
+    /// `response_headers` stay for the caller. Fails only on a path and
+    /// query that together are not a URI.
+    pub fn apply_to_head(
+        &mut self,
+        parts: &mut http::request::Parts,
+    ) -> Result<(), http::uri::InvalidUri> {
+        for name in &self.remove_headers {
+            parts.headers.remove(name);
+        }
+        for (name, value) in std::mem::take(&mut self.set_headers) {
+            parts.headers.insert(name, value);
+        }
+        if self.path.is_some() || self.query.is_some() {
+            let path = self
+                .path
+                .take()
+                .unwrap_or_else(|| parts.uri.path().to_string());
+            let query = match self.query.take() {
+                Some(q) => (!q.is_empty()).then_some(q),
+                None => parts.uri.query().map(str::to_string),
+            };
+            let pq = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            parts.uri = pq.parse()?;
+        }
+        Ok(())
+    }
+}
+
+impl ResponsePatch {
+    /// Apply the changes to a response head: status, then removals, then
+    /// headers set.
+    pub fn apply(self, head: &mut http::response::Parts) {
+        if let Some(s) = self.status {
+            head.status = s;
+        }
+        for name in &self.remove_headers {
+            head.headers.remove(name);
+        }
+        for (name, value) in self.set_headers {
+            head.headers.insert(name, value);
+        }
+    }
+}
+
 /// A complete response from a plugin.
 #[derive(Debug)]
 pub struct PluginResponse {
