@@ -194,6 +194,7 @@ async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Respo
                 "routes": snap.route_count(),
                 "last_reload_error": status.last_error,
                 "tls": snap.tls_status(),
+                "upstreams": snap.upstream_statuses(),
                 "reloads_ok": shared.runtime().metrics().reload_count("ok"),
                 "reloads_failed": shared.runtime().metrics().reload_count("error"),
             });

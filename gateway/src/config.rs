@@ -544,16 +544,23 @@ pub enum Isolation {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// At least one endpoint.
+    /// Endpoints by address (`ip:port`) or DNS name (`name:port`). May be
+    /// empty only when `discovery` supplies them.
+    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
     /// How endpoints are picked.
     #[serde(default)]
     pub balance: Balance,
+    /// With `balance: consistent-hash`: what the hash is taken of —
+    /// `header:<name>`, `cookie:<name>`, `client-ip` or `path`. A request
+    /// without the header or cookie hashes its client IP.
+    #[serde(default)]
+    pub hash_on: Option<String>,
     /// TCP connect deadline in milliseconds (504 when it passes).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Deadline for the response head in milliseconds, connect included (504
-    /// when it passes).
+    /// Deadline for the response head in milliseconds, connect and every
+    /// retry included (504 when it passes).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Idle keep-alive connections kept per endpoint.
@@ -565,6 +572,51 @@ pub struct UpstreamConfig {
     /// Connect to the endpoints over TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Active health checks: off when absent.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier ejection, on by default.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// When fewer than this percentage of endpoints are healthy, requests
+    /// go to all of them, healthy or not (0 turns this off: with no
+    /// healthy endpoint the answer is 503).
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold_percent: u32,
+    /// Retries on another endpoint: off when absent.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// How endpoint names are resolved.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Where further endpoints come from: a watched file or etcd.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+impl UpstreamConfig {
+    /// One endpoint, every other setting its default.
+    pub fn single(address: SocketAddr) -> UpstreamConfig {
+        UpstreamConfig {
+            endpoints: vec![EndpointConfig {
+                address: EndpointAddress::Socket(address),
+                weight: 1,
+            }],
+            balance: Balance::default(),
+            hash_on: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_idle_per_endpoint: default_max_idle(),
+            protocol: UpstreamProtocol::default(),
+            tls: None,
+            health_check: None,
+            outlier: OutlierConfig::default(),
+            panic_threshold_percent: default_panic_threshold(),
+            retry: None,
+            dns: DnsConfig::default(),
+            discovery: None,
+        }
+    }
 }
 
 /// The protocol spoken to an upstream's endpoints.
@@ -619,13 +671,17 @@ fn default_request_timeout_ms() -> u64 {
 fn default_max_idle() -> usize {
     64
 }
+fn default_panic_threshold() -> u32 {
+    50
+}
 
 /// One endpoint of an upstream.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// `ip:port`.
-    pub address: SocketAddr,
+    /// `ip:port`, or `name:port` for a DNS name resolved to every address
+    /// it has (each an endpoint of this weight).
+    pub address: EndpointAddress,
     /// Relative share of traffic (weighted balancing); 1 when absent.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -633,6 +689,58 @@ pub struct EndpointConfig {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// Where an endpoint is: an address, or a name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum EndpointAddress {
+    /// `ip:port`.
+    Socket(SocketAddr),
+    /// `name:port`, resolved through DNS.
+    Name {
+        /// The DNS name.
+        host: String,
+        /// The port every resolved address is given.
+        port: u16,
+    },
+}
+
+impl TryFrom<String> for EndpointAddress {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(EndpointAddress::Socket(addr));
+        }
+        let bad = || format!("{s:?} is neither ip:port nor name:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if port == 0 || name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(EndpointAddress::Name {
+            host: name.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddress::Socket(a) => write!(f, "{a}"),
+            EndpointAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// Endpoint selection.
@@ -644,6 +752,310 @@ pub enum Balance {
     RoundRobin,
     /// Smooth weighted round-robin: shares follow the weights, interleaved.
     Weighted,
+    /// The less busy of two endpoints drawn at random (power of two
+    /// choices), by requests in flight divided by weight.
+    LeastRequest,
+    /// A ring of points per endpoint (more for heavier weights) keyed by
+    /// `hash_on`: the same key goes to the same endpoint, and an endpoint
+    /// joining or leaving moves only its share of keys.
+    ConsistentHash,
+}
+
+/// Active health checks: probes sent to every endpoint on an interval.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Probe with an HTTP request (exactly one of `http` and `tcp`).
+    #[serde(default)]
+    pub http: Option<HttpCheckConfig>,
+    /// Probe by opening a TCP connection (and TLS, with the upstream's
+    /// `tls`).
+    #[serde(default)]
+    pub tcp: Option<TcpCheckConfig>,
+    /// Time between probes of one endpoint, in ms.
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    /// A probe without an answer for this long failed, in ms.
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Up to this many ms added at random to each interval, so probes of
+    /// many gateways do not arrive together.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Consecutive passing probes that bring an unhealthy endpoint back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failing probes that take an endpoint out of rotation.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// An HTTP health probe.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckConfig {
+    /// The path (and query) requested.
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// The method.
+    #[serde(default = "default_check_method")]
+    pub method: String,
+    /// The `Host` sent; the endpoint's address when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses that pass: codes (`200`) or ranges (`200-299`).
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<String>,
+}
+
+/// A TCP health probe (no settings).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckConfig {}
+
+fn default_check_interval_ms() -> u64 {
+    5_000
+}
+fn default_check_timeout_ms() -> u64 {
+    1_000
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_check_path() -> String {
+    "/".into()
+}
+fn default_check_method() -> String {
+    "GET".into()
+}
+fn default_expected_statuses() -> Vec<String> {
+    vec!["200-399".into()]
+}
+
+/// Passive outlier ejection: endpoints that keep failing real requests
+/// are taken out of rotation for a while.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive connect failures, resets and timeouts that eject an
+    /// endpoint (0: never).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Consecutive 5xx answers (and failures) that eject an endpoint (0:
+    /// never, the default: a 5xx may be the request's fault).
+    #[serde(default)]
+    pub consecutive_5xx: u32,
+    /// The first ejection lasts this long, in ms; each further ejection of
+    /// the same endpoint doubles it, up to `max_ejection_ms`.
+    #[serde(default = "default_base_ejection_ms")]
+    pub base_ejection_ms: u64,
+    /// The longest ejection, in ms. An endpoint that goes this long without
+    /// being ejected starts again from `base_ejection_ms`.
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+    /// At most this percentage of endpoints is ejected at once (at least
+    /// one endpoint always may be).
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            consecutive_5xx: 0,
+            base_ejection_ms: default_base_ejection_ms(),
+            max_ejection_ms: default_max_ejection_ms(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection_ms() -> u64 {
+    30_000
+}
+fn default_max_ejection_ms() -> u64 {
+    300_000
+}
+fn default_max_ejected_percent() -> u32 {
+    50
+}
+
+/// Retrying a failed request on another endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries in all, the first included (2 to 10).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// What is retried: `connect-failure`, `reset`, `refused-stream`,
+    /// `timeout`, and status codes (`503`).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// Deadline for one try's response head, in ms; the request deadline
+    /// still bounds them all.
+    #[serde(default)]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Backoff before the second try, in ms, doubled for each further try
+    /// up to `backoff_max_ms`; each wait is drawn at random up to that.
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// The longest backoff, in ms.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// A request body up to this size is kept so the request can be sent
+    /// again; a larger one is retried only if it was never sent.
+    #[serde(default = "default_retry_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Requests with non-idempotent methods (POST, PATCH) are retried only
+    /// when they were never sent, unless this is on.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// How many retries the upstream may make.
+    #[serde(default)]
+    pub budget: RetryBudgetConfig,
+}
+
+/// The retry budget: retries at most `ratio` of the requests of the last
+/// `window_ms`, plus `min_per_second`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries as a fraction of requests (0 to 1).
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Retries always allowed per second, however few the requests.
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+    /// The window requests and retries are counted over, in ms.
+    #[serde(default = "default_budget_window_ms")]
+    pub window_ms: u64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_min(),
+            window_ms: default_budget_window_ms(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry_on() -> Vec<String> {
+    ["connect-failure", "refused-stream", "reset", "timeout"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_backoff_base_ms() -> u64 {
+    25
+}
+fn default_backoff_max_ms() -> u64 {
+    250
+}
+fn default_retry_body_bytes() -> u64 {
+    64 * 1024
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    10
+}
+fn default_budget_window_ms() -> u64 {
+    10_000
+}
+
+/// Resolving endpoint names.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`); the system's (`/etc/resolv.conf`) when
+    /// empty.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// An answer is kept at least this long, whatever its TTL, in ms.
+    #[serde(default = "default_min_ttl_ms")]
+    pub min_ttl_ms: u64,
+    /// An answer is kept at most this long, whatever its TTL, in ms.
+    #[serde(default = "default_max_ttl_ms")]
+    pub max_ttl_ms: u64,
+    /// A lookup without an answer for this long failed, in ms.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            min_ttl_ms: default_min_ttl_ms(),
+            max_ttl_ms: default_max_ttl_ms(),
+            timeout_ms: default_dns_timeout_ms(),
+        }
+    }
+}
+
+fn default_min_ttl_ms() -> u64 {
+    1_000
+}
+fn default_max_ttl_ms() -> u64 {
+    300_000
+}
+fn default_dns_timeout_ms() -> u64 {
+    2_000
+}
+
+/// A registry the upstream's endpoints come from (exactly one of `file`
+/// and `etcd`), beside any in `endpoints`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// A watched YAML or JSON file of endpoints per service.
+    #[serde(default)]
+    pub file: Option<FileDiscoveryConfig>,
+    /// Keys under a prefix in etcd v3.
+    #[serde(default)]
+    pub etcd: Option<EtcdDiscoveryConfig>,
+}
+
+/// Endpoints from a watched file: `{ services: { <name>: [{address, weight}] } }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscoveryConfig {
+    /// The file, relative to the configuration file's directory.
+    pub path: String,
+    /// The service to read; the upstream's name when absent.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// Endpoints from etcd v3, through its JSON gateway: every key under
+/// `prefix` is an endpoint, its value `ip:port` or
+/// `{"address": "ip:port", "weight": 2}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdDiscoveryConfig {
+    /// etcd client URLs (`http://127.0.0.1:2379`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// The key prefix (`/services/api/`).
+    pub prefix: String,
+    /// Deadline for connecting and for each read, in ms.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_etcd_timeout_ms() -> u64 {
+    2_000
 }
 
 /// A route: what it matches, where it goes, which plugins run.

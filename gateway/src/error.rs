@@ -76,7 +76,7 @@ impl ProxyError {
             ProxyError::Upstream { kind, .. } => match kind {
                 K::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 K::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-                K::ConnectFailed | K::Reset | K::Protocol | K::Certificate => {
+                K::ConnectFailed | K::Reset | K::Refused | K::Protocol | K::Certificate => {
                     StatusCode::BAD_GATEWAY
                 }
             },

@@ -383,6 +383,12 @@ impl Gateway {
             }),
             reload_lock: tokio::sync::Mutex::new(()),
         });
+        let weak = Arc::downgrade(&shared);
+        shared.runtime().metrics().read_upstreams_from(move || {
+            weak.upgrade()
+                .map(|s| s.current().upstream_statuses())
+                .unwrap_or_default()
+        });
 
         let (shutdown, watch_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -2,7 +2,15 @@
 //! `metrics` import. Served as text on the admin listener's `/metrics`.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::upstream::status::UpstreamStatus;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +52,7 @@ pub struct Metrics {
     /// Label sets plugin metrics hold, against [`MAX_PLUGIN_SERIES`].
     plugin_series: std::sync::atomic::AtomicUsize,
     series_full_warned: std::sync::atomic::AtomicBool,
+    upstreams: Arc<UpstreamCollector>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,7 +125,10 @@ impl Metrics {
             "Bytes carried by WebSocket tunnels, by route and direction (upstream, downstream)",
             tunnel_bytes.clone(),
         );
+        let upstreams = Arc::new(UpstreamCollector::default());
+        registry.register_collector(Box::new(upstreams.clone()));
         Metrics {
+            upstreams,
             registry: Mutex::new(registry),
             cert_expiry,
             tunnels_open,
@@ -332,6 +344,15 @@ impl Metrics {
         Some(family.clone())
     }
 
+    /// Where the upstream metrics are read from at each scrape: the live
+    /// upstreams of the current snapshot (set once, when the gateway starts).
+    pub fn read_upstreams_from(
+        &self,
+        source: impl Fn() -> Vec<UpstreamStatus> + Send + Sync + 'static,
+    ) {
+        let _ = self.upstreams.source.set(Box::new(source));
+    }
+
     /// Everything in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -340,6 +361,126 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+type UpstreamSource = Box<dyn Fn() -> Vec<UpstreamStatus> + Send + Sync>;
+
+/// Upstream and endpoint metrics, read from the live endpoint state at each
+/// scrape: an endpoint that discovery removed leaves no stale series, and a
+/// request pays nothing for them beyond the atomics it updates anyway.
+#[derive(Default)]
+struct UpstreamCollector {
+    source: OnceLock<UpstreamSource>,
+}
+
+impl std::fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamCollector")
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(source) = self.source.get() else {
+            return Ok(());
+        };
+        let upstreams = source();
+        let up = |u: &UpstreamStatus| vec![("upstream".to_string(), u.name.clone())];
+        let per_upstream: [(&str, &str, fn(&UpstreamStatus) -> u64); 4] = [
+            ("upstream_retries", "Retries made, by upstream", |u| {
+                u.retries
+            }),
+            (
+                "upstream_retry_budget_exhausted",
+                "Retries the retry budget refused, by upstream",
+                |u| u.retry_budget_exhausted,
+            ),
+            (
+                "upstream_panic_picks",
+                "Endpoints picked while too few were healthy (health ignored), by upstream",
+                |u| u.panic_picks,
+            ),
+            (
+                "upstream_ejections_capped",
+                "Ejections refused by max_ejected_percent, by upstream",
+                |u| u.ejections_capped,
+            ),
+        ];
+        for (name, help, value) in per_upstream {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for u in &upstreams {
+                ConstCounter::new(value(u)).encode(m.encode_family(&up(u))?)?;
+            }
+        }
+        let ep = |u: &UpstreamStatus, e: &crate::upstream::status::EndpointStatus| {
+            vec![
+                ("upstream".to_string(), u.name.clone()),
+                ("endpoint".to_string(), e.address.clone()),
+            ]
+        };
+        type Value = fn(&crate::upstream::status::EndpointStatus) -> u64;
+        let gauges: [(&str, &str, Value); 3] = [
+            (
+                "upstream_endpoint_healthy",
+                "1 when the endpoint is in rotation (passing its health checks, not ejected)",
+                |e| e.healthy as u64,
+            ),
+            (
+                "upstream_endpoint_ejected",
+                "1 while outlier detection has the endpoint ejected",
+                |e| e.ejected as u64,
+            ),
+            (
+                "upstream_endpoint_active_requests",
+                "Requests in flight at the endpoint",
+                |e| e.active_requests,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for u in &upstreams {
+                for e in &u.endpoints {
+                    ConstGauge::new(value(e) as i64).encode(m.encode_family(&ep(u, e))?)?;
+                }
+            }
+        }
+        let counters: [(&str, &str, Value); 2] = [
+            (
+                "upstream_endpoint_requests",
+                "Tries sent to the endpoint",
+                |e| e.requests,
+            ),
+            (
+                "upstream_endpoint_ejections",
+                "Times outlier detection ejected the endpoint",
+                |e| e.ejections,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for u in &upstreams {
+                for e in &u.endpoints {
+                    ConstCounter::new(value(e)).encode(m.encode_family(&ep(u, e))?)?;
+                }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "upstream_endpoint_failures",
+            "Failed tries at the endpoint, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for u in &upstreams {
+            for e in &u.endpoints {
+                for (kind, n) in &e.failures {
+                    let mut labels = ep(u, e);
+                    labels.push(("kind".to_string(), kind.to_string()));
+                    ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -293,7 +293,12 @@ fn open_tunnel(
 }
 
 fn skipped() -> UpstreamOutcome {
-    outcome(OutcomeResult::Skipped, 0, None)
+    UpstreamOutcome {
+        result: OutcomeResult::Skipped,
+        latency_us: 0,
+        endpoint: None,
+        attempts: 0,
+    }
 }
 
 /// How a request is sent upstream besides the plain exchange.
@@ -350,6 +355,8 @@ fn finish_grpc(grpc: Option<&crate::grpc::Kind>, resp: Response<Body>) -> Respon
     }
 }
 
+/// Step 5: the body made ready, then the upstream's one call (pick, send,
+/// classify, retry), and its answer turned into the response and outcome.
 async fn call_upstream(
     upstream: &crate::upstream::Upstream,
     parts: &http::request::Parts,
@@ -358,18 +365,8 @@ async fn call_upstream(
     info: &RequestInfo,
     exchange: Exchange,
 ) -> (UpstreamOutcome, Response<Body>) {
-    let Some(endpoint) = upstream.pick() else {
-        let kind = crate::upstream::UpstreamErrorKind::NoEndpoint;
-        let e = ProxyError::Upstream {
-            upstream: upstream.name().to_string(),
-            kind,
-        };
-        return (
-            outcome(OutcomeResult::Error(kind), 0, None),
-            e.to_response(&info.request_id),
-        );
-    };
-    let (body, verdict) = match body.into_upstream(exchange.stream_body).await {
+    let keep = upstream.keeps_body(&parts.method);
+    let prepared = match body.into_upstream(exchange.stream_body, keep).await {
         Ok(b) => b,
         Err(refusal) => {
             let e = body_refused(info, refusal);
@@ -377,24 +374,31 @@ async fn call_upstream(
         }
     };
     let body = if exchange.decode_base64 {
-        crate::grpc::decode_base64(body)
+        crate::grpc::decode_base64(prepared.body)
     } else {
-        body
+        prepared.body
     };
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = headers;
+    let key = upstream.key(&headers, parts.uri.path(), info.client.ip());
     let sent = Instant::now();
-    let result = if exchange.upgrade {
-        upstream.upgrade(endpoint, req).await
-    } else {
-        upstream.send(endpoint, req, exchange.deadline).await
+    let answer = upstream
+        .call(crate::upstream::Outgoing {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers,
+            body,
+            replay: prepared.replay,
+            key,
+            deadline: exchange.deadline,
+            upgrade: exchange.upgrade,
+        })
+        .await;
+    let outcome = |result| UpstreamOutcome {
+        result,
+        latency_us: answer.elapsed.as_micros() as u64,
+        endpoint: answer.endpoint.map(|a| a.to_string()),
+        attempts: answer.attempts,
     };
-    let latency_us = sent.elapsed().as_micros() as u64;
-    let endpoint = Some(endpoint.addr().to_string());
-    match result {
+    match answer.result {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             strip_hop_by_hop(resp.headers_mut());
@@ -412,22 +416,19 @@ async fn call_upstream(
                     kind,
                 };
                 return (
-                    outcome(OutcomeResult::Error(kind), latency_us, endpoint),
+                    outcome(OutcomeResult::Error(kind)),
                     e.to_response(&info.request_id),
                 );
             }
-            (
-                outcome(OutcomeResult::Status(status), latency_us, endpoint),
-                resp,
-            )
+            (outcome(OutcomeResult::Status(status)), resp)
         }
         Err(kind) => {
             // A body the client overran or let stall is the client's fault,
             // whatever the upstream made of the cut.
-            let e = match verdict.and_then(|v| v.get().copied()) {
+            let e = match prepared.verdict.and_then(|v| v.get().copied()) {
                 Some(refusal) => body_refused(info, refusal),
                 None => {
-                    tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), endpoint = ?endpoint, error = %kind, "upstream call failed");
+                    tracing::warn!(request_id = %info.request_id, upstream = upstream.name(), endpoint = ?answer.endpoint, attempts = answer.attempts, error = %kind, "upstream call failed");
                     ProxyError::Upstream {
                         upstream: upstream.name().to_string(),
                         kind,
@@ -435,7 +436,7 @@ async fn call_upstream(
                 }
             };
             (
-                outcome(OutcomeResult::Error(kind), latency_us, endpoint),
+                outcome(OutcomeResult::Error(kind)),
                 e.to_response(&info.request_id),
             )
         }
@@ -445,14 +446,6 @@ async fn call_upstream(
 fn body_refused(info: &RequestInfo, refusal: request::Refusal) -> ProxyError {
     tracing::info!(request_id = %info.request_id, client = %info.client, reason = %refusal, "request body refused");
     ProxyError::Refused(refusal)
-}
-
-fn outcome(result: OutcomeResult, latency_us: u64, endpoint: Option<String>) -> UpstreamOutcome {
-    UpstreamOutcome {
-        result,
-        latency_us,
-        endpoint,
-    }
 }
 
 fn finish_response(snapshot: &Snapshot, resp: &mut Response<Body>, extra: HeaderMap) {
@@ -578,6 +571,7 @@ fn record(
             upstream,
             endpoint = outcome.endpoint.as_deref().unwrap_or("-"),
             upstream_us = outcome.latency_us,
+            attempts = outcome.attempts,
             total_us = elapsed.as_micros() as u64,
             generation = snapshot.generation,
         );

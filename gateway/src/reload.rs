@@ -156,7 +156,7 @@ impl Watcher {
 }
 
 /// Whether an event can mean different bytes at a watched path.
-fn changes_content(kind: &notify::EventKind) -> bool {
+pub(crate) fn changes_content(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     use notify::EventKind;
     match kind {

@@ -203,17 +203,37 @@ impl RequestBody {
     /// would already hold the start of a request the gateway refuses. With
     /// `stream` (gRPC, whose calls stream both ways and frame their own
     /// messages) it streams regardless, still bounded.
-    pub async fn into_upstream(
-        self,
-        stream: bool,
-    ) -> Result<(crate::body::Body, Option<Arc<OnceLock<Refusal>>>), Refusal> {
+    ///
+    /// A body of at most `keep` bytes is read whole and kept, so the
+    /// request can be sent again (retries): the second value.
+    pub async fn into_upstream(self, stream: bool, keep: u64) -> Result<UpstreamBody, Refusal> {
         use http_body_util::BodyExt;
         let verdict = self.verdict.clone();
-        if stream || self.is_end_stream() || self.size_hint().exact().is_some() {
-            return Ok((crate::body::boxed(self), verdict));
+        if self.is_end_stream() {
+            return Ok(UpstreamBody {
+                body: crate::body::empty(),
+                replay: (!stream).then(Bytes::new),
+                verdict,
+            });
+        }
+        let exact = self.size_hint().exact();
+        if stream || exact.is_some_and(|n| n > keep) {
+            return Ok(UpstreamBody {
+                body: crate::body::boxed(self),
+                replay: None,
+                verdict,
+            });
         }
         match self.collect().await {
-            Ok(collected) => Ok((crate::body::full(collected.to_bytes()), None)),
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let replay = (bytes.len() as u64 <= keep).then(|| bytes.clone());
+                Ok(UpstreamBody {
+                    body: crate::body::full(bytes),
+                    replay,
+                    verdict: None,
+                })
+            }
             Err(e) => Err(match verdict.and_then(|v| v.get().copied()) {
                 Some(refusal) => refusal,
                 None => {
@@ -238,6 +258,16 @@ impl RequestBody {
         }
         Poll::Ready(Some(Err(Box::new(why))))
     }
+}
+
+/// A request body made ready for the upstream.
+pub struct UpstreamBody {
+    /// What is sent.
+    pub body: crate::body::Body,
+    /// The whole body, kept to send again.
+    pub replay: Option<Bytes>,
+    /// Where a streaming body records why it stopped.
+    pub verdict: Option<Arc<OnceLock<Refusal>>>,
 }
 
 impl http_body::Body for RequestBody {

@@ -102,9 +102,15 @@ impl Snapshot {
                 upstreams.insert(name.clone(), prev.clone());
                 continue;
             }
-            match Upstream::new(name, u, base) {
+            // A new upstream resolves its names and reads its registry
+            // before the snapshot serves, then keeps them current.
+            let built = match Upstream::new(name, u, base) {
+                Ok(up) => up.start().await.map(|()| up),
+                Err(e) => Err(e),
+            };
+            match built {
                 Ok(up) => {
-                    upstreams.insert(name.clone(), Arc::new(up));
+                    upstreams.insert(name.clone(), up);
                 }
                 Err((field, msg)) => {
                     errors.push(ConfigError::at(format!("upstreams.{name}.{field}"), msg))
@@ -438,6 +444,13 @@ impl Snapshot {
     /// An upstream by name.
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)
+    }
+
+    /// Every upstream's live state, by name.
+    pub fn upstream_statuses(&self) -> Vec<crate::upstream::status::UpstreamStatus> {
+        let mut all: Vec<_> = self.upstreams.values().map(|u| u.status()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Digests of every module this snapshot uses.

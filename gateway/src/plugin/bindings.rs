@@ -227,6 +227,8 @@ pub(crate) fn outcome(o: &UpstreamOutcome) -> types::UpstreamOutcome {
                 // The 0.1 enum is closed: a refused certificate reads as
                 // the connect failure it is to a plugin.
                 UpstreamErrorKind::Certificate => E::ConnectFailed,
+                // Refused unprocessed, again on a new connection.
+                UpstreamErrorKind::Refused => E::Reset,
             }),
         },
         latency_us: o.latency_us,

@@ -27,7 +27,7 @@ use super::{
     OutcomeResult, Pool, RequestDecision, RequestInfo, ResponseDecision, Runtime, RuntimeOptions,
     UpstreamOutcome,
 };
-use crate::config::{EndpointConfig, PluginConfig, UpstreamConfig};
+use crate::config::{PluginConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::state::SharedState;
 use crate::upstream::{Upstream, UpstreamErrorKind};
@@ -339,18 +339,10 @@ pub async fn run(
 /// An upstream that is never called: cases say what it answers.
 fn stand_in(name: &str) -> Arc<Upstream> {
     let cfg = UpstreamConfig {
-        endpoints: vec![EndpointConfig {
-            address: "127.0.0.1:9".parse().expect("a literal address"),
-            weight: 1,
-        }],
-        balance: Default::default(),
-        connect_timeout_ms: 1_000,
-        request_timeout_ms: 1_000,
         max_idle_per_endpoint: 1,
-        protocol: Default::default(),
-        tls: None,
+        ..UpstreamConfig::single("127.0.0.1:9".parse().expect("a literal address"))
     };
-    Arc::new(Upstream::new(name, &cfg, Path::new(".")).expect("a literal upstream"))
+    Upstream::new(name, &cfg, Path::new(".")).expect("a literal upstream")
 }
 
 /// What a case ended with, to compare with its expectations.
@@ -488,6 +480,7 @@ async fn run_case(
             result,
             latency_us: 1_000,
             endpoint: Some("127.0.0.1:9".into()),
+            attempts: 1,
         };
         match pool
             .on_response(

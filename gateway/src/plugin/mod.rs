@@ -1071,8 +1071,10 @@ pub struct UpstreamOutcome {
     pub result: OutcomeResult,
     /// Microseconds until the response head or the failure.
     pub latency_us: u64,
-    /// The endpoint tried.
+    /// The endpoint of the last try.
     pub endpoint: Option<String>,
+    /// Tries made: 1 unless the upstream retried; 0 when none was made.
+    pub attempts: u32,
 }
 
 /// The upstream call's result.

@@ -35,6 +35,26 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = http1::SendRequest<Body>;
 
+/// A failed exchange: how, and the request when it was never sent (so it
+/// can go to another endpoint, whatever its method).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) kind: UpstreamErrorKind,
+    pub(crate) unsent: Option<http::Request<Body>>,
+}
+
+impl Failed {
+    fn sent(kind: UpstreamErrorKind) -> Failed {
+        Failed { kind, unsent: None }
+    }
+}
+
+impl From<UpstreamErrorKind> for Failed {
+    fn from(kind: UpstreamErrorKind) -> Failed {
+        Failed::sent(kind)
+    }
+}
+
 struct Idle {
     sender: Sender,
     since: Instant,
@@ -106,18 +126,34 @@ impl EndpointPool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+    ) -> Result<http::Response<Body>, Failed> {
         if self.is_h2() {
             return self.send_h2(req).await;
         }
         let (mut sender, mut reused) = match self.checkout() {
             Some(s) => (s, true),
-            None => self.connect_or_wait().await?,
+            None => match self.connect_or_wait().await {
+                Ok(s) => s,
+                Err(kind) => {
+                    return Err(Failed {
+                        kind,
+                        unsent: Some(req),
+                    })
+                }
+            },
         };
         // A connection comes back when its last body ends, a moment before
         // its task has seen that end: wait for it rather than open another.
         if reused && sender.ready().await.is_err() {
-            sender = self.connect().await?;
+            sender = match self.connect().await {
+                Ok(s) => s,
+                Err(kind) => {
+                    return Err(Failed {
+                        kind,
+                        unsent: Some(req),
+                    })
+                }
+            };
             reused = false;
         }
         match sender.try_send_request(req).await {
@@ -125,23 +161,72 @@ impl EndpointPool {
             Err(mut e) => match e.take_message() {
                 Some(unsent) if reused => {
                     tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
-                    let mut sender = self.connect().await?;
-                    match sender.send_request(unsent).await {
+                    let mut sender = match self.connect().await {
+                        Ok(s) => s,
+                        Err(kind) => {
+                            return Err(Failed {
+                                kind,
+                                unsent: Some(unsent),
+                            })
+                        }
+                    };
+                    match sender.try_send_request(unsent).await {
                         Ok(resp) => Ok(self.pooled(resp, sender)),
-                        Err(e) => Err(classify(&e)),
+                        Err(mut e) => Err(Failed {
+                            kind: classify(e.error()),
+                            unsent: e.take_message(),
+                        }),
                     }
                 }
-                _ => Err(classify(e.error())),
+                Some(never) => Err(Failed {
+                    kind: classify(e.error()),
+                    unsent: Some(never),
+                }),
+                None => Err(Failed::sent(classify(e.error()))),
             },
         }
     }
 
     /// HTTP/2: the request on the shared connection, with the scheme and
     /// authority HTTP/2 carries as pseudo-headers.
-    async fn send_h2(
+    async fn send_h2(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Failed> {
+        let (mut generation, mut sender) = match self.h2_sender(None).await {
+            Ok(s) => s,
+            Err(kind) => {
+                return Err(Failed {
+                    kind,
+                    unsent: Some(req),
+                })
+            }
+        };
+        if sender.ready().await.is_err() {
+            // Closed since it was shared out (GOAWAY, the endpoint restarted):
+            // nothing was sent on it, so a new connection is safe.
+            (generation, sender) = match self.h2_sender(Some(generation)).await {
+                Ok(s) => s,
+                Err(kind) => {
+                    return Err(Failed {
+                        kind,
+                        unsent: Some(req),
+                    })
+                }
+            };
+            if let Err(e) = sender.ready().await {
+                return Err(Failed {
+                    kind: classify(&e),
+                    unsent: Some(req),
+                });
+            }
+        }
+        self.send_on_h2(generation, sender, req).await
+    }
+
+    async fn send_on_h2(
         &self,
+        generation: u64,
+        mut sender: http2::SendRequest<Body>,
         mut req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
+    ) -> Result<http::Response<Body>, Failed> {
         let authority = req
             .headers_mut()
             .remove(http::header::HOST)
@@ -158,13 +243,6 @@ impl EndpointPool {
         uri.authority = Some(authority);
         *req.uri_mut() = http::Uri::from_parts(uri).map_err(|_| UpstreamErrorKind::Protocol)?;
         *req.version_mut() = http::Version::HTTP_2;
-        let (mut generation, mut sender) = self.h2_sender(None).await?;
-        if sender.ready().await.is_err() {
-            // Closed since it was shared out (GOAWAY, the endpoint restarted):
-            // nothing was sent on it, so a new connection is safe.
-            (generation, sender) = self.h2_sender(Some(generation)).await?;
-            sender.ready().await.map_err(|e| classify(&e))?;
-        }
         // A request without a body can be sent again as it was, should the
         // endpoint refuse it unprocessed.
         let replay = req.body().is_end_stream().then(|| {
@@ -191,23 +269,48 @@ impl EndpointPool {
                     *again.headers_mut() = headers;
                     again
                 }
+                // Sent, unprocessed, but its body is gone: the endpoint
+                // refused it, and it cannot be sent again from here.
+                (None, None) if unprocessed(e.error()) => {
+                    return Err(Failed::sent(UpstreamErrorKind::Refused))
+                }
                 _ => {
                     tracing::debug!(endpoint = %self.addr, error = ?e.error(), "HTTP/2 request failed");
-                    return Err(classify(e.error()));
+                    return Err(Failed::sent(classify(e.error())));
                 }
             },
         };
         tracing::debug!(endpoint = %self.addr, "HTTP/2 request not processed; retrying on a new connection");
-        let (_, mut sender) = self.h2_sender(Some(generation)).await?;
-        sender.ready().await.map_err(|e| classify(&e))?;
-        sender
-            .send_request(unsent)
-            .await
-            .map(|r| r.map(crate::body::boxed))
-            .map_err(|e| {
-                tracing::debug!(endpoint = %self.addr, error = ?e, "HTTP/2 request failed on a new connection");
-                classify(&e)
-            })
+        let (_, mut sender) = match self.h2_sender(Some(generation)).await {
+            Ok(s) => s,
+            Err(kind) => {
+                return Err(Failed {
+                    kind,
+                    unsent: Some(unsent),
+                })
+            }
+        };
+        if let Err(e) = sender.ready().await {
+            return Err(Failed {
+                kind: classify(&e),
+                unsent: Some(unsent),
+            });
+        }
+        match sender.try_send_request(unsent).await {
+            Ok(r) => Ok(r.map(crate::body::boxed)),
+            Err(mut e) => {
+                tracing::debug!(endpoint = %self.addr, error = ?e.error(), "HTTP/2 request failed on a new connection");
+                let kind = if unprocessed(e.error()) {
+                    UpstreamErrorKind::Refused
+                } else {
+                    classify(e.error())
+                };
+                Err(Failed {
+                    kind,
+                    unsent: e.take_message(),
+                })
+            }
+        }
     }
 
     /// The shared HTTP/2 connection and its generation, opened when there is
@@ -253,11 +356,25 @@ impl EndpointPool {
     pub(crate) async fn upgrade(
         &self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, UpstreamErrorKind> {
-        let stream = self.open().await?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| classify(&e))?;
+    ) -> Result<http::Response<Body>, Failed> {
+        let stream = match self.open().await {
+            Ok(s) => s,
+            Err(kind) => {
+                return Err(Failed {
+                    kind,
+                    unsent: Some(req),
+                })
+            }
+        };
+        let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(Failed {
+                    kind: classify(&e),
+                    unsent: Some(req),
+                })
+            }
+        };
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -266,7 +383,7 @@ impl EndpointPool {
         });
         match sender.send_request(req).await {
             Ok(resp) => Ok(resp.map(crate::body::boxed)),
-            Err(e) => Err(classify(&e)),
+            Err(e) => Err(Failed::sent(classify(&e))),
         }
     }
 
@@ -357,7 +474,7 @@ impl EndpointPool {
 
     /// A new connection: TCP, then TLS when configured, both within the
     /// connect deadline.
-    async fn open(&self) -> Result<Stream, UpstreamErrorKind> {
+    pub(crate) async fn open(&self) -> Result<Stream, UpstreamErrorKind> {
         let open = async {
             let tcp = match TcpStream::connect(self.addr).await {
                 Ok(s) => s,

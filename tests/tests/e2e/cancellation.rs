@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use wicket::config::{EndpointConfig, Limits, PluginConfig, UpstreamConfig};
+use wicket::config::{Limits, PluginConfig, UpstreamConfig};
 use wicket::metrics::Metrics;
 use wicket::plugin::{Pool, RequestDecision, RequestInfo, Runtime, RuntimeOptions};
 use wicket::state::SharedState;
@@ -67,19 +67,12 @@ async fn call(pool: &Pool, parts: &http::request::Parts) -> Result<RequestDecisi
         tls: None,
     });
     let upstream = UpstreamConfig {
-        endpoints: vec![EndpointConfig {
-            address: "127.0.0.1:9".parse().expect("address"),
-            weight: 1,
-        }],
-        balance: Default::default(),
-        connect_timeout_ms: 1_000,
         request_timeout_ms: 1_000,
         max_idle_per_endpoint: 1,
-        protocol: Default::default(),
-        tls: None,
+        ..UpstreamConfig::single("127.0.0.1:9".parse().expect("address"))
     };
     let upstream =
-        Arc::new(Upstream::new("b", &upstream, std::path::Path::new(".")).expect("valid upstream"));
+        Upstream::new("b", &upstream, std::path::Path::new(".")).expect("valid upstream");
     let mut parts = parts.clone();
     pool.on_request(&mut parts, &info, &upstream, &mut Default::default())
         .await
