@@ -1,4 +1,4 @@
-// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.2.
+// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.3.
 
 export type HeaderValue = string | Uint8Array;
 export type Headers = Record<string, HeaderValue> | Array<[string, HeaderValue]>;
@@ -23,6 +23,8 @@ export class Request {
   readonly clientIp: string;
   readonly clientPort: number;
   readonly requestId: string;
+  /** Tries the upstream call made: 1 unless it retried; 0 in onRequest (contract 0.1.3). */
+  readonly upstreamAttempts: number;
   readonly trace: TraceContext | undefined;
   readonly tls: TlsInfo | undefined;
   header(name: string): string | undefined;

@@ -1,5 +1,5 @@
 // The Wicket plugin SDK for JavaScript, over the bindings componentize-js
-// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.2`).
+// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.3`).
 //
 //   import * as wicket from "./wicket.js";
 //   export const { init, onRequest, onResponse } = wicket.definePolicy({
@@ -15,12 +15,12 @@
 // bytes. Numbers the contract holds as 64-bit (counters, TTLs, versions)
 // are plain numbers here, exact up to 2^53.
 
-import * as wState from "wicket:plugin/state@0.1.2";
-import * as wContext from "wicket:plugin/context@0.1.2";
-import * as wLog from "wicket:plugin/log@0.1.2";
-import * as wMetrics from "wicket:plugin/metrics@0.1.2";
-import * as wClock from "wicket:plugin/clock@0.1.2";
-import * as wGateway from "wicket:plugin/gateway@0.1.2";
+import * as wState from "wicket:plugin/state@0.1.3";
+import * as wContext from "wicket:plugin/context@0.1.3";
+import * as wLog from "wicket:plugin/log@0.1.3";
+import * as wMetrics from "wicket:plugin/metrics@0.1.3";
+import * as wClock from "wicket:plugin/clock@0.1.3";
+import * as wGateway from "wicket:plugin/gateway@0.1.3";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -64,6 +64,8 @@ export class Request {
   get clientIp() { return this.#get("clientIp", () => this.raw.clientIp()); }
   get clientPort() { return this.#get("clientPort", () => this.raw.clientPort()); }
   get requestId() { return this.#get("requestId", () => this.raw.requestId()); }
+  /** Tries the upstream call made: 1 unless it retried; 0 in onRequest (contract 0.1.3). */
+  get upstreamAttempts() { return this.raw.upstreamAttempts(); }
   /** `{ traceId, parentId, sampled, traceState }` or undefined. */
   get trace() { return this.#get("trace", () => this.raw.traceContext()); }
   /** `{ serverName, alpn, version, clientCertificate }` or undefined (cleartext). */

@@ -33,6 +33,23 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Requests it has answered.
     pub hits: Arc<AtomicU64>,
+    /// Steer every answer: 0 answers normally, [`Backend::RESET`] drops the
+    /// connection unanswered, any other value is the status answered.
+    pub answer: Arc<std::sync::atomic::AtomicU16>,
+    /// Milliseconds every answer waits first.
+    pub delay_ms: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Backend {
+    /// [`Backend::answer`]: drop the connection without answering.
+    pub const RESET: u16 = 1;
+
+    /// Kill it: stop listening and cut every open connection, as a crashed
+    /// process would.
+    pub fn kill(&self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// Start an echo backend on `127.0.0.1:0` named `name`.
@@ -54,26 +71,74 @@ pub fn serve_backend(listener: TcpListener, name: String) -> Backend {
     let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     let name: Arc<str> = Arc::from(name);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let answer = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let delay_ms = Arc::new(AtomicU64::new(0));
+    let steer = (answer.clone(), delay_ms.clone());
     tokio::spawn(async move {
+        let mut killed = stopped.clone();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = killed.wait_for(|k| *k) => return,
+            };
+            let Ok((stream, _)) = accepted else {
                 continue;
             };
             let name = name.clone();
             let counter = counter.clone();
+            let steer = steer.clone();
+            let mut killed = stopped.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let name = name.clone();
                     let counter = counter.clone();
-                    async move { echo(name, counter, req).await }
+                    let (answer, delay) = (
+                        steer.0.load(Ordering::SeqCst),
+                        steer.1.load(Ordering::SeqCst),
+                    );
+                    async move {
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        match answer {
+                            0 => echo(name, counter, req).await,
+                            Backend::RESET => {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                Err(std::io::Error::other("reset on request"))
+                            }
+                            status => {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let mut resp = hyper::Response::new(Full::new(Bytes::from(
+                                    format!("{{\"backend\":\"{name}\"}}"),
+                                )));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status)
+                                    .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+                                resp.headers_mut().insert(
+                                    "x-backend",
+                                    http::HeaderValue::from_str(&name).expect("header-safe"),
+                                );
+                                Ok(resp)
+                            }
+                        }
+                    }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = killed.wait_for(|k| *k) => {}
+                }
             });
         }
     });
-    Backend { addr, hits }
+    Backend {
+        addr,
+        hits,
+        answer,
+        delay_ms,
+        stop: Arc::new(stop),
+    }
 }
 
 async fn echo(

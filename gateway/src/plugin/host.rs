@@ -57,6 +57,8 @@ pub(crate) struct Call {
     pub(crate) info: Arc<RequestInfo>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) response: Option<(StatusCode, HeaderMap)>,
+    /// Tries the upstream call made (0 before it).
+    pub(crate) attempts: u32,
     /// The calling plugin's context for this request.
     pub(crate) context: Context,
 }
@@ -398,6 +400,10 @@ impl types::HostRequest for HostState {
 
     fn request_id(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
         Ok(self.current()?.info.request_id.to_string())
+    }
+
+    fn upstream_attempts(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<u32> {
+        Ok(self.current()?.attempts)
     }
 
     fn trace_context(

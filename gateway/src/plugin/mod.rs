@@ -828,7 +828,7 @@ impl Pool {
         let result = {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
-            let call = lend(parts, info, upstream, None, context);
+            let call = lend(parts, info, upstream, None, 0, context);
             inst.store.data_mut().call = Some(call);
             let result = plugin
                 .wall_clock(inst.funcs.on_request(&mut inst.store))
@@ -851,6 +851,7 @@ impl Pool {
         resp: &mut http::response::Parts,
         context: &mut Context,
     ) -> Result<ResponseDecision, PluginError> {
+        let attempts = outcome.attempts;
         let outcome = bindings::outcome(outcome);
         let mut lease = self.lease().await?;
         let plugin = &self.plugin;
@@ -858,7 +859,7 @@ impl Pool {
             let inst = lease.begin_call();
             plugin.arm_deadline(&mut inst.store);
             let response = (resp.status, std::mem::take(&mut resp.headers));
-            let call = lend(parts, info, upstream, Some(response), context);
+            let call = lend(parts, info, upstream, Some(response), attempts, context);
             inst.store.data_mut().call = Some(call);
             let result = plugin
                 .wall_clock(inst.funcs.on_response(&mut inst.store, outcome))
@@ -926,6 +927,7 @@ fn lend(
     info: &Arc<RequestInfo>,
     upstream: &Arc<Upstream>,
     response: Option<(StatusCode, http::HeaderMap)>,
+    attempts: u32,
     context: &mut Context,
 ) -> Call {
     let empty = http::Request::new(()).into_parts().0;
@@ -934,6 +936,7 @@ fn lend(
         info: info.clone(),
         upstream: upstream.clone(),
         response,
+        attempts,
         context: std::mem::take(context),
     }
 }

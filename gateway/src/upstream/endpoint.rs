@@ -126,9 +126,11 @@ impl Endpoint {
         let s = &self.state;
         let (failures, fives) = match seen {
             Observed::Status(status) => {
-                s.consecutive_failures.store(0, Ordering::Relaxed);
+                // Written only when set: a healthy endpoint's requests leave
+                // the line shared between cores untouched.
+                reset(&s.consecutive_failures);
                 if status < 500 {
-                    s.consecutive_5xx.store(0, Ordering::Relaxed);
+                    reset(&s.consecutive_5xx);
                     return false;
                 }
                 (0, s.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1)
@@ -212,6 +214,12 @@ impl Endpoint {
             failures: UpstreamErrorKind::ALL
                 .map(|k| (k, s.failures[k as usize].load(Ordering::Relaxed))),
         }
+    }
+}
+
+fn reset(n: &AtomicU32) {
+    if n.load(Ordering::Relaxed) != 0 {
+        n.store(0, Ordering::Relaxed);
     }
 }
 

@@ -600,10 +600,14 @@ impl Upstream {
         } = req;
         let resends = retry.is_some_and(|r| r.resends(&method));
         let mut body = Some(body);
+        let mut headers = Some(headers);
+        // Only a request that may be retried keeps a list (one try needs
+        // none, and allocates nothing for it).
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0;
         let mut last: Option<(Result<http::Response<Body>, UpstreamErrorKind>, SocketAddr)> = None;
         loop {
-            let attempt = tried.len() as u32 + 1;
+            attempt += 1;
             let Some(endpoint) = self.pick(key, &tried) else {
                 // Nothing (more) to try: the last try's answer stands.
                 let (result, at) = match last {
@@ -613,11 +617,14 @@ impl Upstream {
                 return Answer {
                     result,
                     endpoint: at,
-                    attempts: tried.len() as u32,
+                    attempts: attempt - 1,
                     elapsed: started.elapsed(),
                 };
             };
-            tried.push(endpoint.addr());
+            let last_try = attempt >= max;
+            if !last_try {
+                tried.push(endpoint.addr());
+            }
             let this_body = match body.take() {
                 Some(b) => b,
                 None => crate::body::full(replay.clone().unwrap_or_default()),
@@ -625,7 +632,11 @@ impl Upstream {
             let mut r = http::Request::new(this_body);
             *r.method_mut() = method.clone();
             *r.uri_mut() = uri.clone();
-            *r.headers_mut() = headers.clone();
+            // The last possible try takes the head; an earlier one copies it.
+            *r.headers_mut() = match last_try {
+                true => headers.take().unwrap_or_default(),
+                false => headers.clone().unwrap_or_default(),
+            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let this_try = retry.and_then(|p| p.per_try).map_or(left, |t| t.min(left));
             let in_flight = endpoint.start();
@@ -659,7 +670,7 @@ impl Upstream {
             // and its body was kept.
             let can_send_again = unsent || (resends && replay.is_some());
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !wanted || !can_send_again || attempt >= max || left.is_zero() {
+            if !wanted || !can_send_again || last_try || left.is_zero() {
                 return Answer {
                     result,
                     endpoint: Some(endpoint.addr()),

@@ -12,7 +12,7 @@ const headerObject = (list) => Object.fromEntries((list ?? []).map((h) => [h.nam
 /** The contract's `request` handle, from plain values. */
 export function request({ method = "GET", path = "/", query, headers, authority = "example.test", scheme = "http",
   client = "203.0.113.7:40000", route = "route", upstream = "default", params = {}, requestId = "0123456789abcdef",
-  trace, tls } = {}) {
+  trace, tls, upstreamAttempts = 0 } = {}) {
   const list = headerList(headers);
   const i = client.lastIndexOf(":");
   const ip = client.slice(0, i).replace(/^\[|\]$/g, "");
@@ -23,6 +23,7 @@ export function request({ method = "GET", path = "/", query, headers, authority 
     headers: () => list, clientAddr: () => client, clientIp: () => ip, clientPort: () => Number(client.slice(i + 1)),
     route: () => route, param: (n) => params[n], params: () => Object.entries(params).map(([name, value]) => ({ name, value })),
     upstream: () => upstream, requestId: () => requestId, traceContext: () => trace, tls: () => tls,
+    upstreamAttempts: () => upstreamAttempts,
   };
 }
 

@@ -1,5 +1,5 @@
 """The Wicket plugin SDK for Python, over the bindings componentize-py
-generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.2`).
+generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.3`).
 
 A policy is a subclass of `Policy` that overrides `configure` and the hooks
 it implements (`request`, `response`); `export` turns it into the
@@ -134,6 +134,11 @@ class Request:
     @property
     def request_id(self) -> str:
         return self._get("request_id", self._raw.request_id)
+
+    @property
+    def upstream_attempts(self) -> int:
+        """Tries the upstream call made: 1 unless it retried; 0 in on_request (contract 0.1.3)."""
+        return self._raw.upstream_attempts()
 
     @property
     def trace(self) -> Optional[TraceContext]:

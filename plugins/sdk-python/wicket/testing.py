@@ -146,7 +146,8 @@ class FakeRequest:
 
     def __init__(self, method="GET", path="/", query=None, headers=None, authority="example.test",
                  scheme="http", client="203.0.113.7:40000", route="route", upstream="default",
-                 params=None, request_id="0123456789abcdef", trace=None, tls=None):
+                 params=None, request_id="0123456789abcdef", trace=None, tls=None,
+                 upstream_attempts=0):
         self._method, self._path, self._query = method, path, query
         self._headers = [_Header(n.lower(), v.encode() if isinstance(v, str) else v)
                          for n, v in (headers.items() if isinstance(headers, dict) else headers or [])]
@@ -155,6 +156,7 @@ class FakeRequest:
         self._ip, self._port = ip.strip("[]"), int(port)
         self._params = dict(params or {})
         self._request_id, self._trace, self._tls = request_id, trace, tls
+        self._attempts = upstream_attempts
 
     def method(self): return self._method
     def scheme(self): return self._scheme
@@ -171,6 +173,7 @@ class FakeRequest:
     def param(self, name): return self._params.get(name)
     def upstream(self): return self._upstream
     def request_id(self): return self._request_id
+    def upstream_attempts(self): return self._attempts
     def trace_context(self): return self._trace
     def tls(self): return self._tls
 

@@ -302,6 +302,13 @@ impl<'a> Request<'a> {
         self.fetch(&self.tls, wit::Request::tls).as_ref()
     }
 
+    /// How many tries the upstream call made: 1 unless the upstream
+    /// retried; 0 in `on-request` (and for a request from plain values).
+    /// Needs a host of contract 0.1.3 or later.
+    pub fn upstream_attempts(&self) -> u32 {
+        self.host.map_or(0, |h| h.upstream_attempts())
+    }
+
     /// Every header in arrival order. Copies them all from the host; prefer
     /// [`Request::header`] for single lookups.
     pub fn headers(&self) -> &[Header] {

@@ -20,4 +20,5 @@ mod reload;
 mod serve;
 mod tls;
 mod trust;
+mod upstreams;
 mod websocket;

@@ -21,12 +21,15 @@
 //!
 //! `on-response` sets on the response: `x-seen-status`, `x-seen-backend`
 //! (`header("X-Backend")`, `-` when missing), `x-seen-response-header-count`,
-//! and `x-seen-request-path` (the request is readable in `on-response` too).
+//! `x-seen-request-path` (the request is readable in `on-response` too),
+//! `x-seen-attempts` (`upstream-attempts()`), and `x-seen-outcome`: the
+//! status, `error:<kind>` or `skipped`, then `@` and the endpoint when there
+//! was one.
 
 use serde::Deserialize;
 use wicket_plugin_sdk::{
     export_plugin, Hooks, Plugin, Request, RequestAction, RequestPatch, ResponseAction,
-    ResponseHead, ResponsePatch, UpstreamOutcome,
+    ResponseHead, ResponsePatch, UpstreamOutcome, UpstreamResult,
 };
 
 #[derive(Deserialize)]
@@ -134,10 +137,21 @@ impl Plugin for Inspect {
     fn on_response(
         &self,
         request: &Request,
-        _outcome: &UpstreamOutcome,
+        outcome: &UpstreamOutcome,
         response: &ResponseHead,
     ) -> ResponseAction {
+        let result = match &outcome.result {
+            UpstreamResult::Status(s) => s.to_string(),
+            UpstreamResult::Error(e) => format!("error:{e:?}"),
+            UpstreamResult::Skipped => "skipped".into(),
+        };
+        let seen = match &outcome.endpoint {
+            Some(at) => format!("{result}@{at}"),
+            None => result,
+        };
         let patch = ResponsePatch::default()
+            .set_header("x-seen-attempts", request.upstream_attempts().to_string())
+            .set_header("x-seen-outcome", seen)
             .set_header("x-seen-status", response.status().to_string())
             .set_header("x-seen-backend", text(response.header("X-Backend")))
             .set_header(
