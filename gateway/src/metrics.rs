@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use crate::upstream::status::UpstreamStatus;
+use crate::upstream::status::{EndpointStatus, UpstreamStatus};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -366,6 +366,9 @@ impl Metrics {
 
 type UpstreamSource = Box<dyn Fn() -> Vec<UpstreamStatus> + Send + Sync>;
 
+/// A metric read from a status value: name, help, value.
+type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// Upstream and endpoint metrics, read from the live endpoint state at each
 /// scrape: an endpoint that discovery removed leaves no stale series, and a
 /// request pays nothing for them beyond the atomics it updates anyway.
@@ -387,7 +390,7 @@ impl Collector for UpstreamCollector {
         };
         let upstreams = source();
         let up = |u: &UpstreamStatus| vec![("upstream".to_string(), u.name.clone())];
-        let per_upstream: [(&str, &str, fn(&UpstreamStatus) -> u64); 4] = [
+        let per_upstream: [Series<UpstreamStatus>; 4] = [
             ("upstream_retries", "Retries made, by upstream", |u| {
                 u.retries
             }),
@@ -413,14 +416,13 @@ impl Collector for UpstreamCollector {
                 ConstCounter::new(value(u)).encode(m.encode_family(&up(u))?)?;
             }
         }
-        let ep = |u: &UpstreamStatus, e: &crate::upstream::status::EndpointStatus| {
+        let ep = |u: &UpstreamStatus, e: &EndpointStatus| {
             vec![
                 ("upstream".to_string(), u.name.clone()),
                 ("endpoint".to_string(), e.address.clone()),
             ]
         };
-        type Value = fn(&crate::upstream::status::EndpointStatus) -> u64;
-        let gauges: [(&str, &str, Value); 3] = [
+        let gauges: [Series<EndpointStatus>; 3] = [
             (
                 "upstream_endpoint_healthy",
                 "1 when the endpoint is in rotation (passing its health checks, not ejected)",
@@ -445,11 +447,16 @@ impl Collector for UpstreamCollector {
                 }
             }
         }
-        let counters: [(&str, &str, Value); 2] = [
+        let counters: [Series<EndpointStatus>; 3] = [
             (
                 "upstream_endpoint_requests",
                 "Tries sent to the endpoint",
                 |e| e.requests,
+            ),
+            (
+                "upstream_endpoint_retried",
+                "Tries at the endpoint that failed and were retried on another",
+                |e| e.retried,
             ),
             (
                 "upstream_endpoint_ejections",

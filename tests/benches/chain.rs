@@ -200,6 +200,7 @@ fn chains(c: &mut Criterion) {
                 result: OutcomeResult::Status(200),
                 latency_us: 250,
                 endpoint: Some("127.0.0.1:9".into()),
+                attempts: 1,
             };
             group.bench_function(BenchmarkId::new(kind, n), |b| {
                 b.to_async(&rt).iter(|| async {
@@ -258,6 +259,7 @@ fn policies(c: &mut Criterion) {
         result: OutcomeResult::Status(200),
         latency_us: 250,
         endpoint: Some("127.0.0.1:9".into()),
+        attempts: 1,
     };
     let mut group = c.benchmark_group("policy");
     let names = [

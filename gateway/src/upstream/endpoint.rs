@@ -64,6 +64,7 @@ struct State {
     active: AtomicU64,
     // Totals, for metrics and `/status`.
     requests: AtomicU64,
+    retried: AtomicU64,
     ejections_total: AtomicU64,
     failures: [AtomicU64; UpstreamErrorKind::COUNT],
 }
@@ -183,6 +184,11 @@ impl Endpoint {
         true
     }
 
+    /// A try here failed and the request went on to another.
+    pub(crate) fn retried(&self) {
+        self.state.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Record a probe. Returns the new state when it changed: `Some(true)`
     /// back in rotation, `Some(false)` out of it.
     pub(crate) fn probed(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
@@ -210,6 +216,7 @@ impl Endpoint {
         let s = &self.state;
         Totals {
             requests: s.requests.load(Ordering::Relaxed),
+            retried: s.retried.load(Ordering::Relaxed),
             ejections: s.ejections_total.load(Ordering::Relaxed),
             failures: UpstreamErrorKind::ALL
                 .map(|k| (k, s.failures[k as usize].load(Ordering::Relaxed))),
@@ -227,6 +234,7 @@ fn reset(n: &AtomicU32) {
 #[derive(Debug, Clone)]
 pub(crate) struct Totals {
     pub(crate) requests: u64,
+    pub(crate) retried: u64,
     pub(crate) ejections: u64,
     pub(crate) failures: [(UpstreamErrorKind, u64); UpstreamErrorKind::COUNT],
 }

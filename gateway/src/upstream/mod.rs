@@ -692,6 +692,7 @@ impl Upstream {
                 };
             }
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            endpoint.retried();
             tracing::debug!(upstream = %self.name, endpoint = %endpoint.addr(), attempt, outcome = ?result.as_ref().map(|r| r.status()), "retrying on another endpoint");
             last = Some((result, endpoint.addr()));
             tokio::time::sleep(policy.backoff(attempt).min(left)).await;
@@ -736,6 +737,8 @@ pub mod status {
         pub active_requests: u64,
         /// Tries sent to it.
         pub requests: u64,
+        /// Tries here that failed and were retried on another endpoint.
+        pub retried: u64,
         /// Ejections so far.
         pub ejections: u64,
         /// Failed tries by kind.
@@ -784,6 +787,7 @@ pub mod status {
                         ejected: e.ejected(now),
                         active_requests: e.active(),
                         requests: t.requests,
+                        retried: t.retried,
                         ejections: t.ejections,
                         failures: t
                             .failures

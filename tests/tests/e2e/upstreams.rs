@@ -58,7 +58,7 @@ async fn status_of(gw: &TestGateway, upstream: &str) -> serde_json::Value {
         .clone()
 }
 
-fn endpoint<'a>(status: &'a serde_json::Value, addr: SocketAddr) -> Option<&'a serde_json::Value> {
+fn endpoint(status: &serde_json::Value, addr: SocketAddr) -> Option<&serde_json::Value> {
     status["endpoints"]
         .as_array()
         .unwrap()
@@ -67,7 +67,12 @@ fn endpoint<'a>(status: &'a serde_json::Value, addr: SocketAddr) -> Option<&'a s
 }
 
 /// Poll `/status` (every 20 ms, up to 10 s) until `ok` holds.
-async fn wait_for_status(gw: &TestGateway, upstream: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+async fn wait_for_status(
+    gw: &TestGateway,
+    upstream: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = status_of(gw, upstream).await;
@@ -114,11 +119,19 @@ async fn a_killed_endpoint_costs_no_errors_with_retries_and_some_without() {
         } else {
             ""
         };
-        let yaml = fill(&three_backends_yaml(extra), &[("a", &a), ("b", &b), ("c", &c)]);
+        let yaml = fill(
+            &three_backends_yaml(extra),
+            &[("a", &a), ("b", &b), ("c", &c)],
+        );
         let gw = TestGateway::start(&yaml).await;
         let killed = b.clone();
-        let (errors, total, p99) =
-            steady_load(&gw.url("/work"), 8, Duration::from_millis(1500), move || killed.kill()).await;
+        let (errors, total, p99) = steady_load(
+            &gw.url("/work"),
+            8,
+            Duration::from_millis(1500),
+            move || killed.kill(),
+        )
+        .await;
         println!(
             "kill one of three endpoints under load, retries {}: {errors} errors in {total} requests, p99 {:?}",
             if retries { "on" } else { "off" },
@@ -126,19 +139,31 @@ async fn a_killed_endpoint_costs_no_errors_with_retries_and_some_without() {
         );
         figures.push((retries, errors, total));
         if retries {
-            assert_eq!(errors, 0, "{errors} of {total} requests failed with retries on");
+            assert_eq!(
+                errors, 0,
+                "{errors} of {total} requests failed with retries on"
+            );
             let s = status_of(&gw, "b").await;
             assert!(s["retries"].as_u64().unwrap() > 0, "{s:#}");
         } else {
-            assert!(errors > 0, "a dead endpoint without retries should cost some errors");
+            assert!(
+                errors > 0,
+                "a dead endpoint without retries should cost some errors"
+            );
             // Passive ejection took the dead endpoint out: the errors stop.
             let s = status_of(&gw, "b").await;
             let dead = endpoint(&s, b.addr).unwrap();
             assert_eq!(dead["ejected"], true, "{s:#}");
-            assert!(dead["failures"]["connect-failure"].as_u64().unwrap() >= 1, "{s:#}");
+            assert!(
+                dead["failures"]["connect-failure"].as_u64().unwrap() >= 1,
+                "{s:#}"
+            );
         }
     }
-    assert!(figures.iter().all(|f| f.2 > 100), "too little load to judge: {figures:?}");
+    assert!(
+        figures.iter().all(|f| f.2 > 100),
+        "too little load to judge: {figures:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,16 +181,26 @@ async fn the_retry_budget_caps_amplification_when_every_endpoint_fails() {
       backoff_base_ms: 1
       backoff_max_ms: 2
       budget: { ratio: 0.1, min_per_second: 1, window_ms: 10000 }"#;
-    let yaml = fill(&three_backends_yaml(extra), &[("a", &a), ("b", &b), ("c", &c)]);
+    let yaml = fill(
+        &three_backends_yaml(extra),
+        &[("a", &a), ("b", &b), ("c", &c)],
+    );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
     for _ in 0..300 {
         assert_eq!(client.get(&gw.url("/x"), &[]).await.status, 503);
     }
-    let hits: u64 = [&a, &b, &c].iter().map(|b| b.hits.load(Ordering::SeqCst)).sum();
+    let hits: u64 = [&a, &b, &c]
+        .iter()
+        .map(|b| b.hits.load(Ordering::SeqCst))
+        .sum();
     // 300 first tries + at most 10 (the floor) + 30 (10 % of 300).
     assert!(hits >= 300 + 10, "retries were made: {hits}");
-    assert!(hits <= 300 + 10 + 30, "the budget let {} retries through", hits - 300);
+    assert!(
+        hits <= 300 + 10 + 30,
+        "the budget let {} retries through",
+        hits - 300
+    );
     let s = status_of(&gw, "b").await;
     assert!(s["retry_budget_exhausted"].as_u64().unwrap() > 200, "{s:#}");
 }
@@ -177,13 +212,20 @@ async fn a_post_is_retried_only_when_it_was_never_sent() {
     b.answer.store(Backend::RESET, Ordering::SeqCst);
     c.answer.store(Backend::RESET, Ordering::SeqCst);
     let extra = "    outlier: { consecutive_failures: 0 }\n    retry: { attempts: 3, retry_on: [connect-failure, reset] }";
-    let yaml = fill(&three_backends_yaml(extra), &[("a", &a), ("b", &b), ("c", &c)]);
+    let yaml = fill(
+        &three_backends_yaml(extra),
+        &[("a", &a), ("b", &b), ("c", &c)],
+    );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
     // A GET that reached an endpoint and was reset goes to the next one.
     let r = client.get(&gw.url("/x"), &[]).await;
     assert_eq!(r.status, 502);
-    let hits = |bs: &[&Backend]| bs.iter().map(|b| b.hits.load(Ordering::SeqCst)).sum::<u64>();
+    let hits = |bs: &[&Backend]| {
+        bs.iter()
+            .map(|b| b.hits.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
     assert_eq!(hits(&[&a, &b, &c]), 3, "a GET is tried three times");
     // A POST that reached one is not sent again: it may have done its work.
     let r = client
@@ -252,7 +294,10 @@ async fn health_checks_take_a_failing_endpoint_out_and_bring_it_back_each_time_i
         a.addr
     );
     assert!(text.contains(&line), "{line} not in\n{text}");
-    assert!(text.contains("wicket_upstream_endpoint_requests_total"), "{text}");
+    assert!(
+        text.contains("wicket_upstream_endpoint_requests_total"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +305,10 @@ async fn a_tcp_check_finds_a_dead_endpoint_and_no_healthy_endpoint_means_503() {
     let (a, b, c) = three().await;
     let extra = r#"    panic_threshold_percent: 0
     health_check: { tcp: {}, interval_ms: 50, timeout_ms: 40, unhealthy_threshold: 1 }"#;
-    let yaml = fill(&three_backends_yaml(extra), &[("a", &a), ("b", &b), ("c", &c)]);
+    let yaml = fill(
+        &three_backends_yaml(extra),
+        &[("a", &a), ("b", &b), ("c", &c)],
+    );
     let gw = TestGateway::start(&yaml).await;
     a.kill();
     wait_for_status(&gw, "b", "marked a unhealthy", |s| {
@@ -270,7 +318,11 @@ async fn a_tcp_check_finds_a_dead_endpoint_and_no_healthy_endpoint_means_503() {
     b.kill();
     c.kill();
     wait_for_status(&gw, "b", "marked every endpoint unhealthy", |s| {
-        s["endpoints"].as_array().unwrap().iter().all(|e| e["healthy"] == false)
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["healthy"] == false)
     })
     .await;
     let r = HttpClient::new().get(&gw.url("/x"), &[]).await;
@@ -307,8 +359,12 @@ async fn below_the_panic_threshold_failing_endpoints_still_take_traffic() {
 async fn consecutive_failures_eject_an_endpoint_and_it_returns_after_the_ejection() {
     let (a, b, c) = three().await;
     a.answer.store(Backend::RESET, Ordering::SeqCst);
-    let extra = "    outlier: { consecutive_failures: 2, base_ejection_ms: 400, max_ejected_percent: 34 }";
-    let yaml = fill(&three_backends_yaml(extra), &[("a", &a), ("b", &b), ("c", &c)]);
+    let extra =
+        "    outlier: { consecutive_failures: 2, base_ejection_ms: 400, max_ejected_percent: 34 }";
+    let yaml = fill(
+        &three_backends_yaml(extra),
+        &[("a", &a), ("b", &b), ("c", &c)],
+    );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
     let mut failures = 0;
@@ -333,12 +389,18 @@ async fn consecutive_failures_eject_an_endpoint_and_it_returns_after_the_ejectio
     b.answer.store(0, Ordering::SeqCst);
     // After the ejection, a is tried again.
     a.answer.store(0, Ordering::SeqCst);
-    wait_for_status(&gw, "b", "returned a", |s| endpoint(s, a.addr).unwrap()["ejected"] == false).await;
+    wait_for_status(&gw, "b", "returned a", |s| {
+        endpoint(s, a.addr).unwrap()["ejected"] == false
+    })
+    .await;
     let before = a.hits.load(Ordering::SeqCst);
     for _ in 0..9 {
         assert_eq!(client.get(&gw.url("/x"), &[]).await.status, 200);
     }
-    assert!(a.hits.load(Ordering::SeqCst) > before, "a is back in rotation");
+    assert!(
+        a.hits.load(Ordering::SeqCst) > before,
+        "a is back in rotation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +412,8 @@ async fn least_request_sends_less_to_the_slow_endpoint() {
         &[("a", &a), ("b", &b), ("c", &c)],
     );
     let gw = TestGateway::start(&yaml).await;
-    let (errors, total, _) = steady_load(&gw.url("/x"), 12, Duration::from_millis(1500), || {}).await;
+    let (errors, total, _) =
+        steady_load(&gw.url("/x"), 12, Duration::from_millis(1500), || {}).await;
     assert_eq!(errors, 0);
     let (ha, hb, hc) = (
         a.hits.load(Ordering::SeqCst),
@@ -360,7 +423,10 @@ async fn least_request_sends_less_to_the_slow_endpoint() {
     // Round-robin would give each a third; the slow one holds its requests
     // longer, so it is the busier of two nearly always, and is picked about
     // when both draws land on it (1 in 9).
-    assert!(ha * 4 < hb + hc, "slow a got {ha}, b {hb}, c {hc} of {total}");
+    assert!(
+        ha * 4 < hb + hc,
+        "slow a got {ha}, b {hb}, c {hc} of {total}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +456,11 @@ async fn consistent_hashing_keeps_each_user_on_one_endpoint() {
     for (u, owner) in &owners {
         let r = client.get(&gw.url("/x"), &[("x-user", u)]).await;
         if owner != "b" && r.status == 200 {
-            assert_eq!(r.header("x-backend"), Some(owner.as_str()), "{u} moved though its endpoint lives");
+            assert_eq!(
+                r.header("x-backend"),
+                Some(owner.as_str()),
+                "{u} moved though its endpoint lives"
+            );
         }
     }
 }
@@ -414,7 +484,9 @@ async fn test_dns() -> TestDns {
     tokio::spawn(async move {
         let mut buf = [0u8; 512];
         loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
             let query = &buf[..n];
             // The question: the name's labels, then type and class.
             let mut i = 12;
@@ -428,7 +500,11 @@ async fn test_dns() -> TestDns {
             let qtype = u16::from_be_bytes([query[i + 1], query[i + 2]]);
             let question = &query[12..i + 5];
             let failing = f.load(Ordering::SeqCst);
-            let ips = if qtype == 1 && !failing { ans.lock().unwrap().clone() } else { vec![] };
+            let ips = if qtype == 1 && !failing {
+                ans.lock().unwrap().clone()
+            } else {
+                vec![]
+            };
             let mut out = Vec::new();
             out.extend_from_slice(&query[..2]);
             // Response, recursion desired and available; SERVFAIL when failing.
@@ -459,10 +535,15 @@ async fn dns_names_are_re_resolved_and_a_failed_lookup_keeps_the_last_answer() {
     // Two backends on one port at two loopback addresses: the name decides.
     let one = backend("one").await;
     let port = one.addr.port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.2", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
     let two = wicket_tests::serve_backend(listener, "two".into());
     let dns = test_dns().await;
-    dns.answers.lock().unwrap().push("127.0.0.1".parse().unwrap());
+    dns.answers
+        .lock()
+        .unwrap()
+        .push("127.0.0.1".parse().unwrap());
     let yaml = format!(
         r#"
 listeners: [{{ address: "127.0.0.1:0" }}]
@@ -480,7 +561,10 @@ routes:
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
     // The first answer was awaited before serving.
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("one"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("one")
+    );
     let s = status_of(&gw, "b").await;
     assert_eq!(s["endpoints"][0]["source"], "dns", "{s:#}");
     *dns.answers.lock().unwrap() = vec!["127.0.0.2".parse().unwrap()];
@@ -488,7 +572,10 @@ routes:
         endpoint(s, two.addr).is_some() && endpoint(s, one.addr).is_none()
     })
     .await;
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("two"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("two")
+    );
     // The resolver fails: the last answer stands.
     dns.fail.store(true, Ordering::SeqCst);
     let asked = dns.queries.load(Ordering::SeqCst);
@@ -527,7 +614,10 @@ routes:
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("a"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("a")
+    );
     write(format!(
         "services:\n  api:\n    - {{ address: \"{}\", weight: 2 }}\n",
         b.addr
@@ -536,7 +626,10 @@ routes:
         endpoint(s, b.addr).is_some_and(|e| e["weight"] == 2) && endpoint(s, a.addr).is_none()
     })
     .await;
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("b"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("b")
+    );
     // Broken, then missing the service: both refused, b stays.
     write("services: { api: [ not-an-address ] }\n".into());
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -544,7 +637,10 @@ routes:
     tokio::time::sleep(Duration::from_millis(800)).await;
     let s = status_of(&gw, "api").await;
     assert!(endpoint(&s, b.addr).is_some(), "{s:#}");
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("b"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("b")
+    );
 }
 
 /// A real etcd on loopback ports, killed on drop.
@@ -577,8 +673,18 @@ async fn start_etcd() -> Etcd {
     let child = std::process::Command::new("etcd")
         .args(["--name", "test", "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
         .args(["--initial-cluster", &format!("test={peer_url}")])
         .args(["--log-level", "error"])
         .stdout(std::process::Stdio::null())
@@ -618,7 +724,12 @@ fn b64(s: &str) -> String {
 
 async fn etcd_call(etcd: &Etcd, path: &str, body: serde_json::Value) {
     let r = HttpClient::new()
-        .send("POST", &format!("{}{path}", etcd.url), &[], Bytes::from(body.to_string()))
+        .send(
+            "POST",
+            &format!("{}{path}", etcd.url),
+            &[],
+            Bytes::from(body.to_string()),
+        )
         .await;
     assert_eq!(r.status, 200, "{path}: {:?}", r.body);
 }
@@ -627,10 +738,13 @@ async fn etcd_call(etcd: &Etcd, path: &str, body: serde_json::Value) {
 async fn etcd_endpoints_appear_and_leave_within_a_second_and_a_lost_etcd_keeps_serving() {
     let (a, b, _c) = three().await;
     let etcd = start_etcd().await;
-    let put = |key: &str, value: String| {
-        serde_json::json!({"key": b64(key), "value": b64(&value)})
-    };
-    etcd_call(&etcd, "/v3/kv/put", put("/services/api/a", a.addr.to_string())).await;
+    let put = |key: &str, value: String| serde_json::json!({"key": b64(key), "value": b64(&value)});
+    etcd_call(
+        &etcd,
+        "/v3/kv/put",
+        put("/services/api/a", a.addr.to_string()),
+    )
+    .await;
     let yaml = format!(
         r#"
 listeners: [{{ address: "127.0.0.1:0" }}]
@@ -646,27 +760,53 @@ routes:
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
-    assert_eq!(client.get(&gw.url("/x"), &[]).await.header("x-backend"), Some("a"));
+    assert_eq!(
+        client.get(&gw.url("/x"), &[]).await.header("x-backend"),
+        Some("a")
+    );
     // Added: visible within a second.
     let t = Instant::now();
     etcd_call(
         &etcd,
         "/v3/kv/put",
-        put("/services/api/b", format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr)),
+        put(
+            "/services/api/b",
+            format!(r#"{{"address": "{}", "weight": 3}}"#, b.addr),
+        ),
     )
     .await;
-    wait_for_status(&gw, "api", "added b", |s| endpoint(s, b.addr).is_some_and(|e| e["weight"] == 3)).await;
+    wait_for_status(&gw, "api", "added b", |s| {
+        endpoint(s, b.addr).is_some_and(|e| e["weight"] == 3)
+    })
+    .await;
     let added = t.elapsed();
     // Removed: likewise.
     let t = Instant::now();
-    etcd_call(&etcd, "/v3/kv/deleterange", serde_json::json!({"key": b64("/services/api/a")})).await;
+    etcd_call(
+        &etcd,
+        "/v3/kv/deleterange",
+        serde_json::json!({"key": b64("/services/api/a")}),
+    )
+    .await;
     wait_for_status(&gw, "api", "removed a", |s| endpoint(s, a.addr).is_none()).await;
     let removed = t.elapsed();
-    println!("etcd: an added endpoint was live after {added:?}, a removed one gone after {removed:?}");
+    println!(
+        "etcd: an added endpoint was live after {added:?}, a removed one gone after {removed:?}"
+    );
     assert!(added < Duration::from_secs(1) && removed < Duration::from_secs(1));
     // A key outside the prefix, and a value that is no endpoint, change nothing.
-    etcd_call(&etcd, "/v3/kv/put", put("/services/other/x", a.addr.to_string())).await;
-    etcd_call(&etcd, "/v3/kv/put", put("/services/api/junk", "not an endpoint".into())).await;
+    etcd_call(
+        &etcd,
+        "/v3/kv/put",
+        put("/services/other/x", a.addr.to_string()),
+    )
+    .await;
+    etcd_call(
+        &etcd,
+        "/v3/kv/put",
+        put("/services/api/junk", "not an endpoint".into()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = status_of(&gw, "api").await;
     assert_eq!(s["endpoints"].as_array().unwrap().len(), 1, "{s:#}");
@@ -684,21 +824,36 @@ routes:
 async fn upstream_settings_are_validated_with_their_locations() {
     let dir = wicket_tests::scratch_dir("upstream-config");
     let cases = [
-        ("retry: { attempts: 3, retry_on: [sometimes] }", "upstreams.b.retry.retry_on[0]"),
+        (
+            "retry: { attempts: 3, retry_on: [sometimes] }",
+            "upstreams.b.retry.retry_on[0]",
+        ),
         ("retry: { attempts: 1 }", "upstreams.b.retry.attempts"),
         ("balance: consistent-hash", "upstreams.b.hash_on"),
-        ("balance: consistent-hash\n    hash_on: body", "upstreams.b.hash_on"),
-        ("health_check: { interval_ms: 10 }", "upstreams.b.health_check.http"),
+        (
+            "balance: consistent-hash\n    hash_on: body",
+            "upstreams.b.hash_on",
+        ),
+        (
+            "health_check: { interval_ms: 10 }",
+            "upstreams.b.health_check.http",
+        ),
         (
             "health_check: { http: { expected_statuses: [\"2xx\"] } }",
             "upstreams.b.health_check.http.expected_statuses[0]",
         ),
-        ("outlier: { max_ejected_percent: 150 }", "upstreams.b.outlier.max_ejected_percent"),
+        (
+            "outlier: { max_ejected_percent: 150 }",
+            "upstreams.b.outlier.max_ejected_percent",
+        ),
         (
             "discovery: { etcd: { endpoints: [\"https://x:1\"], prefix: /a/ } }",
             "upstreams.b.discovery.etcd.endpoints[0]",
         ),
-        ("discovery: { file: { path: missing.yaml } }", "upstreams.b.discovery.file.path"),
+        (
+            "discovery: { file: { path: missing.yaml } }",
+            "upstreams.b.discovery.file.path",
+        ),
     ];
     for (extra, location) in cases {
         let path = dir.join("wicket.yaml");
@@ -725,8 +880,15 @@ async fn upstream_settings_are_validated_with_their_locations() {
         "listeners: [{ address: \"127.0.0.1:0\" }]\nupstreams:\n  b:\n    endpoints: [{ address: \"bad_name!:80\" }]\nroutes: []\n",
     )
     .unwrap();
-    let err = wicket_tests::wicket::gateway::validate(&path).await.unwrap_err();
-    assert!(err.0[0].to_string().contains("upstreams.b.endpoints[0].address"), "{err:?}");
+    let err = wicket_tests::wicket::gateway::validate(&path)
+        .await
+        .unwrap_err();
+    assert!(
+        err.0[0]
+            .to_string()
+            .contains("upstreams.b.endpoints[0].address"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,22 +917,42 @@ routes:
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
-    let hits = || [&a, &b, &c].iter().map(|b| b.hits.load(Ordering::SeqCst)).sum::<u64>();
+    let hits = || {
+        [&a, &b, &c]
+            .iter()
+            .map(|b| b.hits.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
     let mut counts = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let before = hits();
         let r = client.get(&gw.url("/x"), &[]).await;
         assert_eq!(r.status, 200);
         let tries = hits() - before;
-        assert_eq!(r.header("x-seen-attempts"), Some(tries.to_string().as_str()));
-        assert_eq!(r.header("x-seen-outcome"), Some(format!("200@{}", c.addr).as_str()));
+        assert_eq!(
+            r.header("x-seen-attempts"),
+            Some(tries.to_string().as_str())
+        );
+        assert_eq!(
+            r.header("x-seen-outcome"),
+            Some(format!("200@{}", c.addr).as_str())
+        );
         counts.insert(tries);
     }
-    assert!(counts.iter().any(|&n| n > 1), "some requests were retried: {counts:?}");
+    assert!(
+        counts.iter().any(|&n| n > 1),
+        "some requests were retried: {counts:?}"
+    );
     // Every endpoint resets: the outcome is the last try's failure.
     c.answer.store(Backend::RESET, Ordering::SeqCst);
     let r = client.get(&gw.url("/x"), &[]).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-seen-attempts"), Some("3"));
-    assert!(r.header("x-seen-outcome").unwrap().starts_with("error:UpstreamError::Reset@"), "{:?}", r.headers);
+    assert!(
+        r.header("x-seen-outcome")
+            .unwrap()
+            .starts_with("error:UpstreamError::Reset@"),
+        "{:?}",
+        r.headers
+    );
 }

@@ -45,12 +45,14 @@ impl Dns {
         let builder = if cfg.nameservers.is_empty() {
             match Resolver::builder_tokio() {
                 Ok(b) => b,
-                Err(e) => return err(
-                    "nameservers",
-                    format!(
+                Err(e) => {
+                    return err(
+                        "nameservers",
+                        format!(
                         "the system's resolver configuration is unusable ({e}): list nameservers"
                     ),
-                ),
+                    )
+                }
             }
         } else {
             let servers = cfg
