@@ -94,6 +94,7 @@ impl Snapshot {
         }
 
         let mut upstreams = HashMap::new();
+        let mut starting = tokio::task::JoinSet::new();
         for (name, u) in &config.upstreams {
             if let Some(prev) = previous
                 .and_then(|p| p.upstreams.get(name))
@@ -102,19 +103,28 @@ impl Snapshot {
                 upstreams.insert(name.clone(), prev.clone());
                 continue;
             }
-            // A new upstream resolves its names and reads its registry
-            // before the snapshot serves, then keeps them current.
-            let built = match Upstream::new(name, u, base) {
-                Ok(up) => up.start().await.map(|()| up),
-                Err(e) => Err(e),
-            };
-            match built {
+            match Upstream::new(name, u, base) {
                 Ok(up) => {
-                    upstreams.insert(name.clone(), up);
+                    // A new upstream resolves its names and reads its
+                    // registry before the snapshot serves (all side by
+                    // side, below), then keeps them current.
+                    starting.spawn(async move { (up.start().await, up) });
                 }
                 Err((field, msg)) => {
                     errors.push(ConfigError::at(format!("upstreams.{name}.{field}"), msg))
                 }
+            }
+        }
+        while let Some(started) = starting.join_next().await {
+            let Ok((result, up)) = started else { continue };
+            match result {
+                Ok(()) => {
+                    upstreams.insert(up.name().to_string(), up);
+                }
+                Err((field, msg)) => errors.push(ConfigError::at(
+                    format!("upstreams.{}.{field}", up.name()),
+                    msg,
+                )),
             }
         }
 
