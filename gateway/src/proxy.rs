@@ -379,19 +379,22 @@ async fn call_upstream(
         prepared.body
     };
     let key = upstream.key(&headers, parts.uri.path(), info.client.ip());
-    let sent = Instant::now();
-    let answer = upstream
-        .call(crate::upstream::Outgoing {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers,
-            body,
-            replay: prepared.replay,
-            key,
-            deadline: exchange.deadline,
-            upgrade: exchange.upgrade,
-        })
-        .await;
+    // Read only for a call with a deadline of its own (gRPC): a clock read
+    // is not free on every machine.
+    let sent = exchange.deadline.map(|_| Instant::now());
+    // Boxed: the call's state (every try's) would otherwise be copied into
+    // this future, and this one into the connection's, on every request.
+    let answer = Box::pin(upstream.call(crate::upstream::Outgoing {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers,
+        body,
+        replay: prepared.replay,
+        key,
+        deadline: exchange.deadline,
+        upgrade: exchange.upgrade,
+    }))
+    .await;
     let outcome = |result| UpstreamOutcome {
         result,
         latency_us: answer.elapsed.as_micros() as u64,
@@ -402,7 +405,7 @@ async fn call_upstream(
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             strip_hop_by_hop(resp.headers_mut());
-            if let Some(limit) = exchange.deadline {
+            if let (Some(limit), Some(sent)) = (exchange.deadline, sent) {
                 // The deadline covers the whole call, streamed body and all.
                 let at = tokio::time::Instant::from_std(sent) + limit;
                 resp = resp.map(|b| crate::body::boxed(crate::grpc::Deadline::new(b, at)));

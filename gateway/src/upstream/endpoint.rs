@@ -109,10 +109,10 @@ impl Endpoint {
     }
 
     /// Count a request in flight until the guard drops.
-    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start(&self) -> InFlight<'_> {
         self.state.active.fetch_add(1, Ordering::Relaxed);
         self.state.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Record what a try produced. Returns `true` when this ejected the
@@ -241,9 +241,9 @@ pub(crate) struct Totals {
 
 /// A request in flight at an endpoint (least-request balancing reads the
 /// count).
-pub(crate) struct InFlight(Arc<Endpoint>);
+pub(crate) struct InFlight<'e>(&'e Endpoint);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.state.active.fetch_sub(1, Ordering::Relaxed);
     }

@@ -459,7 +459,14 @@ impl Upstream {
 
     /// Milliseconds on the upstream's clock.
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(tokio::time::Instant::now())
+    }
+
+    /// `at` on the upstream's clock. (The request path reads the clock as
+    /// few times as it can: on some virtual machines every read is a
+    /// system call.)
+    fn ms_at(&self, at: tokio::time::Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
@@ -538,8 +545,7 @@ impl Upstream {
         }
     }
 
-    fn pick(&self, key: u64, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
-        let now = self.now_ms();
+    fn pick(&self, key: u64, tried: &[SocketAddr], now: u64) -> Option<Arc<Endpoint>> {
         let picked = self.live.load().pick(
             self.config.balance,
             &self.cursor,
@@ -555,8 +561,7 @@ impl Upstream {
     }
 
     /// Record a try at `e`, ejecting it when it keeps failing.
-    fn observe(&self, e: &Endpoint, seen: Observed) {
-        let now = self.now_ms();
+    fn observe(&self, e: &Endpoint, seen: Observed, now: u64) {
         let cfg: &OutlierConfig = &self.config.outlier;
         e.observe(seen, now, cfg, || {
             let set = self.live.load();
@@ -581,7 +586,7 @@ impl Upstream {
             .deadline
             .map_or(self.request_timeout, |d| d.min(self.request_timeout));
         let deadline = started + limit;
-        let now = self.now_ms();
+        let mut now = self.ms_at(started);
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let retry = self.retry.as_ref().filter(|_| !req.upgrade);
         if let Some(r) = retry {
@@ -589,8 +594,8 @@ impl Upstream {
         }
         let max = retry.map_or(1, |r| r.attempts);
         let Outgoing {
-            method,
-            uri,
+            mut method,
+            mut uri,
             headers,
             body,
             replay,
@@ -608,7 +613,7 @@ impl Upstream {
         let mut last: Option<(Result<http::Response<Body>, UpstreamErrorKind>, SocketAddr)> = None;
         loop {
             attempt += 1;
-            let Some(endpoint) = self.pick(key, &tried) else {
+            let Some(endpoint) = self.pick(key, &tried, now) else {
                 // Nothing (more) to try: the last try's answer stands.
                 let (result, at) = match last {
                     Some((r, a)) => (r, Some(a)),
@@ -630,14 +635,20 @@ impl Upstream {
                 None => crate::body::full(replay.clone().unwrap_or_default()),
             };
             let mut r = http::Request::new(this_body);
-            *r.method_mut() = method.clone();
-            *r.uri_mut() = uri.clone();
             // The last possible try takes the head; an earlier one copies it.
-            *r.headers_mut() = match last_try {
-                true => headers.take().unwrap_or_default(),
-                false => headers.clone().unwrap_or_default(),
+            if last_try {
+                *r.method_mut() = std::mem::take(&mut method);
+                *r.uri_mut() = std::mem::take(&mut uri);
+                *r.headers_mut() = headers.take().unwrap_or_default();
+            } else {
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.headers_mut() = headers.clone().unwrap_or_default();
+            }
+            let left = match attempt {
+                1 => limit,
+                _ => deadline.saturating_duration_since(tokio::time::Instant::now()),
             };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let this_try = retry.and_then(|p| p.per_try).map_or(left, |t| t.min(left));
             let in_flight = endpoint.start();
             let sent = if upgrade {
@@ -660,6 +671,7 @@ impl Upstream {
                     Ok(resp) => Observed::Status(resp.status().as_u16()),
                     Err(kind) => Observed::Failure(*kind),
                 },
+                now,
             );
             let wanted = match (&result, retry) {
                 (_, None) => false,
@@ -669,8 +681,18 @@ impl Upstream {
             // Sent once, a request goes again only if its method allows it
             // and its body was kept.
             let can_send_again = unsent || (resends && replay.is_some());
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !wanted || !can_send_again || last_try || left.is_zero() {
+            if !wanted || !can_send_again || last_try {
+                return Answer {
+                    result,
+                    endpoint: Some(endpoint.addr()),
+                    attempts: attempt,
+                    elapsed: started.elapsed(),
+                };
+            }
+            let t = tokio::time::Instant::now();
+            now = self.ms_at(t);
+            let left = deadline.saturating_duration_since(t);
+            if left.is_zero() {
                 return Answer {
                     result,
                     endpoint: Some(endpoint.addr()),
@@ -679,7 +701,7 @@ impl Upstream {
                 };
             }
             let policy = retry.expect("retries are wanted only with a policy");
-            if !policy.budget.withdraw(self.now_ms()) {
+            if !policy.budget.withdraw(now) {
                 self.counters
                     .budget_exhausted
                     .fetch_add(1, Ordering::Relaxed);
