@@ -393,6 +393,7 @@ async fn call_upstream(
         key,
         deadline: exchange.deadline,
         upgrade: exchange.upgrade,
+        client_fault: prepared.verdict.clone(),
     }))
     .await;
     let outcome = |result| UpstreamOutcome {

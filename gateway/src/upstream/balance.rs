@@ -19,6 +19,11 @@ use crate::config::Balance;
 const POINTS_PER_WEIGHT: usize = 160;
 /// Ring points one endpoint may have, whatever its weight.
 const MAX_POINTS: usize = 16_000;
+/// Ring points in all: a registry of thousands of heavy endpoints must not
+/// make a ring of millions (points are scaled down to fit).
+const MAX_RING: usize = 160_000;
+/// Picks in one weighted round-robin cycle: weights are scaled down to fit.
+const MAX_SCHEDULE: u64 = 65_536;
 
 /// The endpoints an upstream sends to now, with what each strategy needs
 /// precomputed. Immutable: discovery publishes a new one.
@@ -135,9 +140,15 @@ impl EndpointSet {
 /// address and the point's number, so an endpoint's points do not depend on
 /// the others (which is what bounds remapping).
 fn ring(endpoints: &[Arc<Endpoint>]) -> Vec<(u64, usize)> {
-    let mut ring = Vec::new();
+    let wanted: usize = endpoints
+        .iter()
+        .map(|e| (e.weight as usize * POINTS_PER_WEIGHT).min(MAX_POINTS))
+        .sum();
+    let scale = (MAX_RING as f64 / wanted.max(1) as f64).min(1.0);
+    let mut ring = Vec::with_capacity(wanted.min(MAX_RING + endpoints.len()));
     for (i, e) in endpoints.iter().enumerate() {
-        let points = (e.weight as usize * POINTS_PER_WEIGHT).min(MAX_POINTS);
+        let full = (e.weight as usize * POINTS_PER_WEIGHT).min(MAX_POINTS);
+        let points = ((full as f64 * scale) as usize).max(1);
         let addr = e.addr().to_string();
         for p in 0..points {
             ring.push((hash_of(&(&addr, p)), i));
@@ -219,7 +230,17 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
         return Vec::new();
     }
     let gcd = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-    let weights: Vec<i64> = weights.iter().map(|&w| (w / gcd) as i64).collect();
+    let mut weights: Vec<i64> = weights.iter().map(|&w| (w / gcd) as i64).collect();
+    let total: i64 = weights.iter().sum();
+    if total as u64 * weights.len() as u64 > MAX_SCHEDULE * 64 {
+        return spread_schedule(&weights);
+    }
+    if total as u64 > MAX_SCHEDULE {
+        let scale = MAX_SCHEDULE as f64 / total as f64;
+        for w in &mut weights {
+            *w = ((*w as f64 * scale) as i64).max(1);
+        }
+    }
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut schedule = Vec::with_capacity(total as usize);
@@ -236,6 +257,25 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
         schedule.push(best);
     }
     schedule
+}
+
+/// The same shares for large sets, in O(total · log total) rather than
+/// O(total · endpoints): endpoint `i`'s `k`th pick sits at `(k + ½) / wᵢ` of
+/// the cycle, and the cycle is those positions in order (interleaved, if
+/// less evenly than the smooth order). Weights are scaled to fit
+/// [`MAX_SCHEDULE`].
+fn spread_schedule(weights: &[i64]) -> Vec<usize> {
+    let total: i64 = weights.iter().sum();
+    let scale = (MAX_SCHEDULE as f64 / total as f64).min(1.0);
+    let mut slots: Vec<(f64, usize)> = Vec::new();
+    for (i, &w) in weights.iter().enumerate() {
+        let w = ((w as f64 * scale) as i64).max(1);
+        for k in 0..w {
+            slots.push(((k as f64 + 0.5) / w as f64, i));
+        }
+    }
+    slots.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    slots.into_iter().map(|(_, i)| i).collect()
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -289,6 +329,39 @@ mod tests {
         let s = smooth_weighted_schedule(&[3, 1]);
         assert_eq!(s.iter().filter(|&&i| i == 0).count(), 3);
         assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn large_sets_build_bounded_schedules_and_rings() {
+        let weights: Vec<u32> = (0..4_096).map(|i| 1 + (i % 1_000) as u32).collect();
+        let s = smooth_weighted_schedule(&weights);
+        assert!(s.len() as u64 <= MAX_SCHEDULE + 4_096, "{}", s.len());
+        let mut counts = vec![0usize; weights.len()];
+        for &i in &s {
+            counts[i] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| c >= 1),
+            "every endpoint is in the cycle"
+        );
+        // Scaled to fit, a light endpoint keeps at least one pick.
+        assert!(counts[999] > counts[0] * 20, "shares follow the weights");
+        let eps: Vec<_> = (0..2_000)
+            .map(|i| {
+                let addr: SocketAddr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap();
+                let pool = EndpointPool::new(
+                    addr,
+                    1,
+                    Duration::from_secs(1),
+                    crate::config::UpstreamProtocol::Http1,
+                    None,
+                );
+                Arc::new(Endpoint::new(Arc::new(pool), 1000, Source::Registry))
+            })
+            .collect();
+        assert!(ring(&eps).len() <= MAX_RING + eps.len());
     }
 
     #[test]
@@ -353,7 +426,7 @@ mod tests {
             Observed::Failure(crate::upstream::UpstreamErrorKind::Reset),
             0,
             &cfg,
-            || true,
+            || Some(()),
         );
         let after = owners(&set, 5_000);
         for (b, a) in before.iter().zip(&after) {

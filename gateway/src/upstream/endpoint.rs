@@ -116,13 +116,15 @@ impl Endpoint {
     }
 
     /// Record what a try produced. Returns `true` when this ejected the
-    /// endpoint; `may_eject` is asked first (the cap on ejected endpoints).
-    pub(crate) fn observe(
+    /// endpoint; `may_eject` is asked first (the cap on ejected endpoints):
+    /// `None` refuses, and the guard it returns is held until the ejection
+    /// is recorded, so concurrent ejections cannot both pass the cap.
+    pub(crate) fn observe<G>(
         &self,
         seen: Observed,
         now: u64,
         cfg: &OutlierConfig,
-        may_eject: impl FnOnce() -> bool,
+        may_eject: impl FnOnce() -> Option<G>,
     ) -> bool {
         let s = &self.state;
         let (failures, fives) = match seen {
@@ -149,9 +151,12 @@ impl Endpoint {
         };
         let tripped = (cfg.consecutive_failures > 0 && failures >= cfg.consecutive_failures)
             || (cfg.consecutive_5xx > 0 && fives >= cfg.consecutive_5xx);
-        if !tripped || self.ejected(now) || !may_eject() {
+        if !tripped || self.ejected(now) {
             return false;
         }
+        let Some(_cap) = may_eject() else {
+            return false;
+        };
         // Ejections in a row last longer; a quiet spell as long as the
         // longest ejection starts the count again.
         let last = s.last_ejected.load(Ordering::Relaxed);
@@ -280,13 +285,13 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_and_a_success_between_them_does_not() {
         let e = endpoint();
-        assert!(!e.observe(RESET, 10, &cfg(), || true));
-        assert!(!e.observe(RESET, 10, &cfg(), || true));
-        assert!(!e.observe(Observed::Status(200), 10, &cfg(), || true));
-        assert!(!e.observe(RESET, 10, &cfg(), || true));
-        assert!(!e.observe(RESET, 10, &cfg(), || true));
+        assert!(!e.observe(RESET, 10, &cfg(), || Some(())));
+        assert!(!e.observe(RESET, 10, &cfg(), || Some(())));
+        assert!(!e.observe(Observed::Status(200), 10, &cfg(), || Some(())));
+        assert!(!e.observe(RESET, 10, &cfg(), || Some(())));
+        assert!(!e.observe(RESET, 10, &cfg(), || Some(())));
         assert!(e.available(10));
-        assert!(e.observe(RESET, 10, &cfg(), || true));
+        assert!(e.observe(RESET, 10, &cfg(), || Some(())));
         assert!(!e.available(10));
         assert!(!e.available(1_009));
         assert!(e.available(1_010));
@@ -299,7 +304,7 @@ mod tests {
         let mut lengths = Vec::new();
         for _ in 0..5 {
             for _ in 0..3 {
-                e.observe(RESET, now, &cfg(), || true);
+                e.observe(RESET, now, &cfg(), || Some(()));
             }
             let until = e.state.ejected_until.load(Ordering::Relaxed);
             lengths.push(until - now);
@@ -308,7 +313,7 @@ mod tests {
         assert_eq!(lengths, vec![1_000, 2_000, 4_000, 5_000, 5_000]);
         now += 5_001;
         for _ in 0..3 {
-            e.observe(RESET, now, &cfg(), || true);
+            e.observe(RESET, now, &cfg(), || Some(()));
         }
         assert_eq!(e.state.ejected_until.load(Ordering::Relaxed) - now, 1_000);
     }
@@ -317,7 +322,7 @@ mod tests {
     fn the_ejection_cap_is_asked_and_obeyed() {
         let e = endpoint();
         for _ in 0..3 {
-            assert!(!e.observe(RESET, 0, &cfg(), || false));
+            assert!(!e.observe(RESET, 0, &cfg(), || None::<()>));
         }
         assert!(e.available(0));
     }
@@ -326,13 +331,13 @@ mod tests {
     fn fives_eject_only_when_configured() {
         let e = endpoint();
         for _ in 0..10 {
-            assert!(!e.observe(Observed::Status(503), 0, &cfg(), || true));
+            assert!(!e.observe(Observed::Status(503), 0, &cfg(), || Some(())));
         }
         let cfg = OutlierConfig {
             consecutive_5xx: 2,
             ..cfg()
         };
-        assert!(e.observe(Observed::Status(503), 0, &cfg, || true));
+        assert!(e.observe(Observed::Status(503), 0, &cfg, || Some(())));
     }
 
     #[test]

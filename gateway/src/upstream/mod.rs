@@ -167,6 +167,8 @@ pub struct Upstream {
     epoch: tokio::time::Instant,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     counters: Counters,
+    /// Held while an ejection is checked against the cap and recorded.
+    ejecting: Mutex<()>,
 }
 
 impl Drop for Upstream {
@@ -203,6 +205,9 @@ pub struct Outgoing {
     pub deadline: Option<Duration>,
     /// A WebSocket upgrade, on a connection of its own.
     pub upgrade: bool,
+    /// Where a streamed body records that the client broke it off or
+    /// overran it: a failure then is the client's, not the endpoint's.
+    pub client_fault: Option<Arc<std::sync::OnceLock<crate::request::Refusal>>>,
 }
 
 /// What the upstream phase produced.
@@ -330,6 +335,7 @@ impl Upstream {
             epoch: tokio::time::Instant::now(),
             tasks: Mutex::default(),
             counters: Counters::default(),
+            ejecting: Mutex::new(()),
         });
         up.publish(&up.sources());
         Ok(up)
@@ -496,6 +502,8 @@ impl Upstream {
     /// health and counters.
     fn publish(&self, sources: &Sources) {
         let current = self.live.load();
+        let kept: std::collections::HashMap<SocketAddr, &Arc<Endpoint>> =
+            current.endpoints.iter().map(|e| (e.addr(), e)).collect();
         let tagged = sources
             .statics
             .iter()
@@ -508,12 +516,11 @@ impl Upstream {
             if !seen.insert(addr) {
                 continue;
             }
-            let kept = current
-                .endpoints
-                .iter()
-                .find(|e| e.addr() == addr && e.weight == weight && e.source == source);
-            endpoints.push(match kept {
-                Some(e) => e.clone(),
+            let same = kept
+                .get(&addr)
+                .filter(|e| e.weight == weight && e.source == source);
+            endpoints.push(match same {
+                Some(e) => (*e).clone(),
                 None => Arc::new(Endpoint::new(
                     Arc::new(EndpointPool::new(
                         addr,
@@ -528,6 +535,7 @@ impl Upstream {
             });
         }
         let before = current.endpoints.len();
+        drop(kept);
         drop(current);
         if before > 0 || !endpoints.is_empty() {
             tracing::info!(upstream = %self.name, endpoints = endpoints.len(), before, "upstream endpoints changed");
@@ -564,16 +572,20 @@ impl Upstream {
     fn observe(&self, e: &Endpoint, seen: Observed, now: u64) {
         let cfg: &OutlierConfig = &self.config.outlier;
         e.observe(seen, now, cfg, || {
+            // Counting and ejecting under one lock: two endpoints tripping
+            // at once cannot both pass the cap. Taken only on a trip.
+            let guard = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
             let set = self.live.load();
             let ejected = set.endpoints.iter().filter(|e| e.ejected(now)).count();
             let cap = (set.endpoints.len() * cfg.max_ejected_percent as usize / 100).max(1);
-            let ok = ejected < cap;
-            if !ok {
+            if ejected < cap {
+                Some(guard)
+            } else {
                 self.counters
                     .ejections_capped
                     .fetch_add(1, Ordering::Relaxed);
+                None
             }
-            ok
         });
     }
 
@@ -601,8 +613,12 @@ impl Upstream {
             replay,
             key,
             upgrade,
-            ..
+            deadline: own_deadline,
+            client_fault,
         } = req;
+        // A deadline the client set shorter than the upstream's: a timeout
+        // then says nothing about the endpoint.
+        let clients_deadline = own_deadline.is_some_and(|d| d < self.request_timeout);
         let resends = retry.is_some_and(|r| r.resends(&method));
         let mut body = Some(body);
         let mut headers = Some(headers);
@@ -665,17 +681,30 @@ impl Upstream {
                     (Err(failed.kind), unsent)
                 }
             };
-            self.observe(
-                &endpoint,
-                match &result {
-                    Ok(resp) => Observed::Status(resp.status().as_u16()),
-                    Err(kind) => Observed::Failure(*kind),
-                },
-                now,
-            );
+            let seen = match &result {
+                Ok(resp) => Some(Observed::Status(resp.status().as_u16())),
+                // The client's own short deadline, or its broken body: not
+                // the endpoint's failure.
+                Err(UpstreamErrorKind::Timeout) if clients_deadline => None,
+                Err(_) if client_fault.as_ref().is_some_and(|v| v.get().is_some()) => None,
+                Err(kind) => Some(Observed::Failure(*kind)),
+            };
+            match seen {
+                // A good answer changes nothing that depends on time.
+                Some(s @ Observed::Status(200..=499)) => self.observe(&endpoint, s, now),
+                // A failure may eject: from now, not from when the try began.
+                Some(s) => self.observe(&endpoint, s, self.now_ms()),
+                None => {}
+            }
             let wanted = match (&result, retry) {
                 (_, None) => false,
                 (Ok(resp), Some(p)) => p.on_status(resp.status().as_u16()),
+                // A connect that timed out never sent the request: it is a
+                // connect failure as far as retrying goes.
+                (Err(UpstreamErrorKind::Timeout), Some(p)) if unsent => {
+                    p.on_failure(UpstreamErrorKind::ConnectFailed)
+                        || p.on_failure(UpstreamErrorKind::Timeout)
+                }
                 (Err(kind), Some(p)) => p.on_failure(*kind),
             };
             // Sent once, a request goes again only if its method allows it
@@ -718,6 +747,16 @@ impl Upstream {
             tracing::debug!(upstream = %self.name, endpoint = %endpoint.addr(), attempt, outcome = ?result.as_ref().map(|r| r.status()), "retrying on another endpoint");
             last = Some((result, endpoint.addr()));
             tokio::time::sleep(policy.backoff(attempt).min(left)).await;
+            if tokio::time::Instant::now() >= deadline {
+                // No time left for another try: the last answer stands.
+                let (result, at) = last.take().expect("set before the backoff");
+                return Answer {
+                    result,
+                    endpoint: Some(at),
+                    attempts: attempt,
+                    elapsed: started.elapsed(),
+                };
+            }
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::upstream::{Slot, Upstream};
 
 /// The largest range answer read.
 const MAX_RANGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a watch may go without a message: past etcd's progress
+/// notifications (every ten minutes) the connection is presumed dead.
+const WATCH_SILENCE: Duration = Duration::from_secs(11 * 60);
 /// The largest single watch message.
 const MAX_WATCH_MESSAGE: usize = 4 * 1024 * 1024;
 
@@ -307,6 +310,9 @@ async fn watch(
     drop(up);
     let mut create = etcd.range();
     create["start_revision"] = serde_json::json!((revision + 1).to_string());
+    // etcd then speaks at least every ten minutes, so a connection that
+    // went silent (half open) is noticed.
+    create["progress_notify"] = serde_json::json!(true);
     let resp = post(
         etcd,
         authority,
@@ -317,7 +323,10 @@ async fn watch(
     backoff.succeeded();
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = tokio::time::timeout(WATCH_SILENCE, body.frame())
+        .await
+        .map_err(|_| "watch silent past etcd's progress interval".to_string())?
+    {
         let frame = frame.map_err(|e| format!("watch: {e}"))?;
         let Ok(data) = frame.into_data() else {
             continue;

@@ -72,6 +72,10 @@ pub(crate) fn read(path: &Path, service: &str) -> Result<Found, String> {
 /// Read the file once it reads the same twice, a quiet period apart.
 async fn read_settled(path: &Path, service: &str) -> Result<Found, String> {
     loop {
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+        if meta.len() > MAX_BYTES {
+            return Err(format!("larger than {MAX_BYTES} bytes"));
+        }
         let first = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         tokio::time::sleep(QUIET).await;
         let second = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
@@ -121,7 +125,10 @@ pub(crate) async fn run(upstream: Weak<Upstream>, path: PathBuf, service: String
         }
     }
     loop {
-        let _ = tokio::time::timeout(POLL, events.recv()).await;
+        // Without a watch (its sender gone), every POLL; never a busy loop.
+        if let Ok(None) = tokio::time::timeout(POLL, events.recv()).await {
+            tokio::time::sleep(POLL).await;
+        }
         // Wait out a burst of writes.
         while let Ok(Some(())) = tokio::time::timeout(QUIET, events.recv()).await {}
         let Some(up) = upstream.upgrade() else { return };
