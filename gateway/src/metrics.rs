@@ -422,53 +422,66 @@ impl Collector for UpstreamCollector {
                 ("endpoint".to_string(), e.address.clone()),
             ]
         };
-        let gauges: [Series<EndpointStatus>; 3] = [
+        let per_endpoint: [(MetricType, Series<EndpointStatus>); 6] = [
             (
-                "upstream_endpoint_healthy",
-                "1 when the endpoint is in rotation (passing its health checks, not ejected)",
-                |e| e.healthy as u64,
+                MetricType::Gauge,
+                (
+                    "upstream_endpoint_healthy",
+                    "1 when the endpoint is in rotation (passing its health checks, not ejected)",
+                    |e| e.healthy as u64,
+                ),
             ),
             (
-                "upstream_endpoint_ejected",
-                "1 while outlier detection has the endpoint ejected",
-                |e| e.ejected as u64,
+                MetricType::Gauge,
+                (
+                    "upstream_endpoint_ejected",
+                    "1 while outlier detection has the endpoint ejected",
+                    |e| e.ejected as u64,
+                ),
             ),
             (
-                "upstream_endpoint_active_requests",
-                "Requests in flight at the endpoint",
-                |e| e.active_requests,
+                MetricType::Gauge,
+                (
+                    "upstream_endpoint_active_requests",
+                    "Requests in flight at the endpoint",
+                    |e| e.active_requests,
+                ),
+            ),
+            (
+                MetricType::Counter,
+                (
+                    "upstream_endpoint_requests",
+                    "Tries sent to the endpoint",
+                    |e| e.requests,
+                ),
+            ),
+            (
+                MetricType::Counter,
+                (
+                    "upstream_endpoint_retried",
+                    "Tries at the endpoint that failed and were retried on another",
+                    |e| e.retried,
+                ),
+            ),
+            (
+                MetricType::Counter,
+                (
+                    "upstream_endpoint_ejections",
+                    "Times outlier detection ejected the endpoint",
+                    |e| e.ejections,
+                ),
             ),
         ];
-        for (name, help, value) in gauges {
-            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (kind, (name, help, value)) in per_endpoint {
+            let mut m = encoder.encode_descriptor(name, help, None, kind)?;
             for u in &upstreams {
                 for e in &u.endpoints {
-                    ConstGauge::new(value(e) as i64).encode(m.encode_family(&ep(u, e))?)?;
-                }
-            }
-        }
-        let counters: [Series<EndpointStatus>; 3] = [
-            (
-                "upstream_endpoint_requests",
-                "Tries sent to the endpoint",
-                |e| e.requests,
-            ),
-            (
-                "upstream_endpoint_retried",
-                "Tries at the endpoint that failed and were retried on another",
-                |e| e.retried,
-            ),
-            (
-                "upstream_endpoint_ejections",
-                "Times outlier detection ejected the endpoint",
-                |e| e.ejections,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for u in &upstreams {
-                for e in &u.endpoints {
-                    ConstCounter::new(value(e)).encode(m.encode_family(&ep(u, e))?)?;
+                    let labels = ep(u, e);
+                    let family = m.encode_family(&labels)?;
+                    match kind {
+                        MetricType::Gauge => ConstGauge::new(value(e) as i64).encode(family)?,
+                        _ => ConstCounter::new(value(e)).encode(family)?,
+                    }
                 }
             }
         }

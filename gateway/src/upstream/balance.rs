@@ -289,24 +289,12 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::endpoint::{Observed, Source};
-    use crate::upstream::pool::EndpointPool;
+    use crate::upstream::endpoint::Observed;
     use std::collections::HashMap;
-    use std::time::Duration;
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-                let pool = EndpointPool::new(
-                    addr,
-                    1,
-                    Duration::from_secs(1),
-                    crate::config::UpstreamProtocol::Http1,
-                    None,
-                );
-                Arc::new(Endpoint::new(Arc::new(pool), 1, Source::Static))
-            })
+            .map(|i| Endpoint::for_test(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1))
             .collect()
     }
 
@@ -348,17 +336,8 @@ mod tests {
         assert!(counts[999] > counts[0] * 20, "shares follow the weights");
         let eps: Vec<_> = (0..2_000)
             .map(|i| {
-                let addr: SocketAddr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1)
-                    .parse()
-                    .unwrap();
-                let pool = EndpointPool::new(
-                    addr,
-                    1,
-                    Duration::from_secs(1),
-                    crate::config::UpstreamProtocol::Http1,
-                    None,
-                );
-                Arc::new(Endpoint::new(Arc::new(pool), 1000, Source::Registry))
+                let addr = format!("10.0.{}.{}:80", i / 250, i % 250 + 1);
+                Endpoint::for_test(addr.parse().unwrap(), 1000)
             })
             .collect();
         assert!(ring(&eps).len() <= MAX_RING + eps.len());

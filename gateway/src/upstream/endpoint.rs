@@ -86,6 +86,19 @@ impl Endpoint {
         }
     }
 
+    /// An endpoint at `addr` that nothing connects to, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(addr: SocketAddr, weight: u32) -> Arc<Endpoint> {
+        let pool = EndpointPool::new(
+            addr,
+            1,
+            std::time::Duration::from_secs(1),
+            crate::config::UpstreamProtocol::Http1,
+            None,
+        );
+        Arc::new(Endpoint::new(Arc::new(pool), weight, Source::Static))
+    }
+
     pub(crate) fn addr(&self) -> SocketAddr {
         self.pool.addr()
     }
@@ -257,17 +270,9 @@ impl Drop for InFlight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn endpoint() -> Endpoint {
-        let pool = EndpointPool::new(
-            "127.0.0.1:9".parse().unwrap(),
-            1,
-            Duration::from_secs(1),
-            crate::config::UpstreamProtocol::Http1,
-            None,
-        );
-        Endpoint::new(Arc::new(pool), 1, Source::Static)
+    fn endpoint() -> Arc<Endpoint> {
+        Endpoint::for_test("127.0.0.1:9".parse().unwrap(), 1)
     }
 
     fn cfg() -> OutlierConfig {

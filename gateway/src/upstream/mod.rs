@@ -377,7 +377,7 @@ impl Upstream {
         match &self.registry {
             None => {}
             Some(Registry::File { path, service }) => {
-                let found = discovery::file::first(path, service).map_err(|m| {
+                let found = discovery::file::read(path, service).map_err(|m| {
                     (
                         "discovery.file.path".to_string(),
                         format!("{}: {m}", path.display()),
@@ -626,20 +626,15 @@ impl Upstream {
         // none, and allocates nothing for it).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
+        let mut left = limit;
         let mut last: Option<(Result<http::Response<Body>, UpstreamErrorKind>, SocketAddr)> = None;
-        loop {
+        let (result, endpoint, attempts) = loop {
             attempt += 1;
             let Some(endpoint) = self.pick(key, &tried, now) else {
                 // Nothing (more) to try: the last try's answer stands.
-                let (result, at) = match last {
-                    Some((r, a)) => (r, Some(a)),
-                    None => (Err(UpstreamErrorKind::NoEndpoint), None),
-                };
-                return Answer {
-                    result,
-                    endpoint: at,
-                    attempts: attempt - 1,
-                    elapsed: started.elapsed(),
+                break match last {
+                    Some((r, a)) => (r, Some(a), attempt - 1),
+                    None => (Err(UpstreamErrorKind::NoEndpoint), None, 0),
                 };
             };
             let last_try = attempt >= max;
@@ -661,10 +656,6 @@ impl Upstream {
                 *r.uri_mut() = uri.clone();
                 *r.headers_mut() = headers.clone().unwrap_or_default();
             }
-            let left = match attempt {
-                1 => limit,
-                _ => deadline.saturating_duration_since(tokio::time::Instant::now()),
-            };
             let this_try = retry.and_then(|p| p.per_try).map_or(left, |t| t.min(left));
             let in_flight = endpoint.start();
             let sent = if upgrade {
@@ -696,67 +687,42 @@ impl Upstream {
                 Some(s) => self.observe(&endpoint, s, self.now_ms()),
                 None => {}
             }
-            let wanted = match (&result, retry) {
-                (_, None) => false,
-                (Ok(resp), Some(p)) => p.on_status(resp.status().as_u16()),
-                // A connect that timed out never sent the request: it is a
-                // connect failure as far as retrying goes.
-                (Err(UpstreamErrorKind::Timeout), Some(p)) if unsent => {
-                    p.on_failure(UpstreamErrorKind::ConnectFailed)
-                        || p.on_failure(UpstreamErrorKind::Timeout)
-                }
-                (Err(kind), Some(p)) => p.on_failure(*kind),
-            };
             // Sent once, a request goes again only if its method allows it
             // and its body was kept.
             let can_send_again = unsent || (resends && replay.is_some());
-            if !wanted || !can_send_again || last_try {
-                return Answer {
-                    result,
-                    endpoint: Some(endpoint.addr()),
-                    attempts: attempt,
-                    elapsed: started.elapsed(),
-                };
-            }
+            let policy = match retry {
+                Some(p) if !last_try && can_send_again && p.wants(&result, unsent) => p,
+                _ => break (result, Some(endpoint.addr()), attempt),
+            };
             let t = tokio::time::Instant::now();
             now = self.ms_at(t);
-            let left = deadline.saturating_duration_since(t);
+            left = deadline.saturating_duration_since(t);
             if left.is_zero() {
-                return Answer {
-                    result,
-                    endpoint: Some(endpoint.addr()),
-                    attempts: attempt,
-                    elapsed: started.elapsed(),
-                };
+                break (result, Some(endpoint.addr()), attempt);
             }
-            let policy = retry.expect("retries are wanted only with a policy");
             if !policy.budget.withdraw(now) {
                 self.counters
                     .budget_exhausted
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(upstream = %self.name, "retry budget spent; not retrying");
-                return Answer {
-                    result,
-                    endpoint: Some(endpoint.addr()),
-                    attempts: attempt,
-                    elapsed: started.elapsed(),
-                };
+                break (result, Some(endpoint.addr()), attempt);
             }
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             endpoint.retried();
             tracing::debug!(upstream = %self.name, endpoint = %endpoint.addr(), attempt, outcome = ?result.as_ref().map(|r| r.status()), "retrying on another endpoint");
-            last = Some((result, endpoint.addr()));
             tokio::time::sleep(policy.backoff(attempt).min(left)).await;
-            if tokio::time::Instant::now() >= deadline {
-                // No time left for another try: the last answer stands.
-                let (result, at) = last.take().expect("set before the backoff");
-                return Answer {
-                    result,
-                    endpoint: Some(at),
-                    attempts: attempt,
-                    elapsed: started.elapsed(),
-                };
+            left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                // No time left for another try: this answer stands.
+                break (result, Some(endpoint.addr()), attempt);
             }
+            last = Some((result, endpoint.addr()));
+        };
+        Answer {
+            result,
+            endpoint,
+            attempts,
+            elapsed: started.elapsed(),
         }
     }
 }

@@ -47,6 +47,13 @@ impl Failed {
     fn sent(kind: UpstreamErrorKind) -> Failed {
         Failed { kind, unsent: None }
     }
+
+    fn unsent(kind: UpstreamErrorKind, req: http::Request<Body>) -> Failed {
+        Failed {
+            kind,
+            unsent: Some(req),
+        }
+    }
 }
 
 impl From<UpstreamErrorKind> for Failed {
@@ -134,12 +141,7 @@ impl EndpointPool {
             Some(s) => (s, true),
             None => match self.connect_or_wait().await {
                 Ok(s) => s,
-                Err(kind) => {
-                    return Err(Failed {
-                        kind,
-                        unsent: Some(req),
-                    })
-                }
+                Err(kind) => return Err(Failed::unsent(kind, req)),
             },
         };
         // A connection comes back when its last body ends, a moment before
@@ -147,12 +149,7 @@ impl EndpointPool {
         if reused && sender.ready().await.is_err() {
             sender = match self.connect().await {
                 Ok(s) => s,
-                Err(kind) => {
-                    return Err(Failed {
-                        kind,
-                        unsent: Some(req),
-                    })
-                }
+                Err(kind) => return Err(Failed::unsent(kind, req)),
             };
             reused = false;
         }
@@ -163,12 +160,7 @@ impl EndpointPool {
                     tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
                     let mut sender = match self.connect().await {
                         Ok(s) => s,
-                        Err(kind) => {
-                            return Err(Failed {
-                                kind,
-                                unsent: Some(unsent),
-                            })
-                        }
+                        Err(kind) => return Err(Failed::unsent(kind, unsent)),
                     };
                     match sender.try_send_request(unsent).await {
                         Ok(resp) => Ok(self.pooled(resp, sender)),
@@ -178,10 +170,7 @@ impl EndpointPool {
                         }),
                     }
                 }
-                Some(never) => Err(Failed {
-                    kind: classify(e.error()),
-                    unsent: Some(never),
-                }),
+                Some(never) => Err(Failed::unsent(classify(e.error()), never)),
                 None => Err(Failed::sent(classify(e.error()))),
             },
         }
@@ -192,30 +181,17 @@ impl EndpointPool {
     async fn send_h2(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Failed> {
         let (mut generation, mut sender) = match self.h2_sender(None).await {
             Ok(s) => s,
-            Err(kind) => {
-                return Err(Failed {
-                    kind,
-                    unsent: Some(req),
-                })
-            }
+            Err(kind) => return Err(Failed::unsent(kind, req)),
         };
         if sender.ready().await.is_err() {
             // Closed since it was shared out (GOAWAY, the endpoint restarted):
             // nothing was sent on it, so a new connection is safe.
             (generation, sender) = match self.h2_sender(Some(generation)).await {
                 Ok(s) => s,
-                Err(kind) => {
-                    return Err(Failed {
-                        kind,
-                        unsent: Some(req),
-                    })
-                }
+                Err(kind) => return Err(Failed::unsent(kind, req)),
             };
             if let Err(e) = sender.ready().await {
-                return Err(Failed {
-                    kind: classify(&e),
-                    unsent: Some(req),
-                });
+                return Err(Failed::unsent(classify(&e), req));
             }
         }
         self.send_on_h2(generation, sender, req).await
@@ -283,18 +259,10 @@ impl EndpointPool {
         tracing::debug!(endpoint = %self.addr, "HTTP/2 request not processed; retrying on a new connection");
         let (_, mut sender) = match self.h2_sender(Some(generation)).await {
             Ok(s) => s,
-            Err(kind) => {
-                return Err(Failed {
-                    kind,
-                    unsent: Some(unsent),
-                })
-            }
+            Err(kind) => return Err(Failed::unsent(kind, unsent)),
         };
         if let Err(e) = sender.ready().await {
-            return Err(Failed {
-                kind: classify(&e),
-                unsent: Some(unsent),
-            });
+            return Err(Failed::unsent(classify(&e), unsent));
         }
         match sender.try_send_request(unsent).await {
             Ok(r) => Ok(r.map(crate::body::boxed)),
@@ -359,21 +327,11 @@ impl EndpointPool {
     ) -> Result<http::Response<Body>, Failed> {
         let stream = match self.open().await {
             Ok(s) => s,
-            Err(kind) => {
-                return Err(Failed {
-                    kind,
-                    unsent: Some(req),
-                })
-            }
+            Err(kind) => return Err(Failed::unsent(kind, req)),
         };
         let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
             Ok(h) => h,
-            Err(e) => {
-                return Err(Failed {
-                    kind: classify(&e),
-                    unsent: Some(req),
-                })
-            }
+            Err(e) => return Err(Failed::unsent(classify(&e), req)),
         };
         let addr = self.addr;
         tokio::spawn(async move {

@@ -107,6 +107,21 @@ impl RetryPolicy {
         self.on.statuses.contains(&status)
     }
 
+    /// Whether a try's result is retried; `unsent` when the request never
+    /// reached the endpoint (a connect that timed out then counts as a
+    /// connect failure).
+    pub(crate) fn wants<B>(
+        &self,
+        result: &Result<http::Response<B>, UpstreamErrorKind>,
+        unsent: bool,
+    ) -> bool {
+        match result {
+            Ok(resp) => self.on_status(resp.status().as_u16()),
+            Err(UpstreamErrorKind::Timeout) if unsent => self.on.connect_failure || self.on.timeout,
+            Err(kind) => self.on_failure(*kind),
+        }
+    }
+
     /// Whether a request with this method may be sent again once it was
     /// sent (a request never sent may always go again).
     pub(crate) fn resends(&self, method: &http::Method) -> bool {

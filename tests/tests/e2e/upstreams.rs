@@ -94,24 +94,35 @@ async fn wait_for_status(
     }
 }
 
-fn three_backends_yaml(upstream_extra: &str) -> String {
+/// A gateway (admin on) routing every path to the upstream `name`, whose
+/// settings are `settings` (YAML lines indented four spaces).
+fn gateway_yaml(name: &str, settings: &str) -> String {
     format!(
         r#"
 listeners: [{{ address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
 access_log: false
 upstreams:
-  b:
-    endpoints:
+  {name}:
+{settings}
+routes:
+  - {{ name: r, match: {{ path: "/{{*rest}}" }}, upstream: {name} }}
+"#
+    )
+}
+
+fn three_backends_yaml(upstream_extra: &str) -> String {
+    gateway_yaml(
+        "b",
+        &format!(
+            r#"    endpoints:
       - {{ address: "{{backend:a}}" }}
       - {{ address: "{{backend:b}}" }}
       - {{ address: "{{backend:c}}" }}
     connect_timeout_ms: 200
     request_timeout_ms: 2000
-{upstream_extra}
-routes:
-  - {{ name: r, match: {{ path: "/{{*rest}}" }}, upstream: b }}
-"#
+{upstream_extra}"#
+        ),
     )
 }
 
@@ -554,19 +565,13 @@ async fn dns_names_are_re_resolved_and_a_failed_lookup_keeps_the_last_answer() {
         .lock()
         .unwrap()
         .push("127.0.0.1".parse().unwrap());
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-admin: {{ address: "127.0.0.1:0" }}
-access_log: false
-upstreams:
-  b:
-    endpoints: [{{ address: "api.wicket.test:{port}" }}]
-    dns: {{ nameservers: ["{}"], min_ttl_ms: 100, max_ttl_ms: 200, timeout_ms: 200 }}
-routes:
-  - {{ name: r, match: {{ path: "/{{*rest}}" }}, upstream: b }}
-"#,
-        dns.addr
+    let yaml = gateway_yaml(
+        "b",
+        &format!(
+            r#"    endpoints: [{{ address: "api.wicket.test:{port}" }}]
+    dns: {{ nameservers: ["{}"], min_ttl_ms: 100, max_ttl_ms: 200, timeout_ms: 200 }}"#,
+            dns.addr
+        ),
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
@@ -609,18 +614,12 @@ async fn a_file_registry_change_is_applied_and_a_broken_one_keeps_the_last_list(
     let registry = dir.join("endpoints.yaml");
     let write = |text: String| wicket_tests::pki::write_atomically(&registry, &text);
     write(format!("services:\n  api:\n    - \"{}\"\n", a.addr));
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-admin: {{ address: "127.0.0.1:0" }}
-access_log: false
-upstreams:
-  api:
-    discovery: {{ file: {{ path: "{}" }} }}
-routes:
-  - {{ name: r, match: {{ path: "/{{*rest}}" }}, upstream: api }}
-"#,
-        registry.display()
+    let yaml = gateway_yaml(
+        "api",
+        &format!(
+            r#"    discovery: {{ file: {{ path: "{}" }} }}"#,
+            registry.display()
+        ),
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();
@@ -755,18 +754,12 @@ async fn etcd_endpoints_appear_and_leave_within_a_second_and_a_lost_etcd_keeps_s
         put("/services/api/a", a.addr.to_string()),
     )
     .await;
-    let yaml = format!(
-        r#"
-listeners: [{{ address: "127.0.0.1:0" }}]
-admin: {{ address: "127.0.0.1:0" }}
-access_log: false
-upstreams:
-  api:
-    discovery: {{ etcd: {{ endpoints: ["{}"], prefix: "/services/api/" }} }}
-routes:
-  - {{ name: r, match: {{ path: "/{{*rest}}" }}, upstream: api }}
-"#,
-        etcd.url
+    let yaml = gateway_yaml(
+        "api",
+        &format!(
+            r#"    discovery: {{ etcd: {{ endpoints: ["{}"], prefix: "/services/api/" }} }}"#,
+            etcd.url
+        ),
     );
     let gw = TestGateway::start(&yaml).await;
     let client = HttpClient::new();

@@ -38,7 +38,9 @@ struct Registry {
     services: BTreeMap<String, Vec<Entry>>,
 }
 
-/// Read and check the file; `Err` says what is wrong and where.
+/// Read and check the file; `Err` says what is wrong and where. At build
+/// time a wrong file is a configuration error (there is no last good list
+/// to keep).
 pub(crate) fn read(path: &Path, service: &str) -> Result<Found, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > MAX_BYTES {
@@ -83,12 +85,6 @@ async fn read_settled(path: &Path, service: &str) -> Result<Found, String> {
             return read(path, service);
         }
     }
-}
-
-/// The first read, at build time: a file that is wrong is a configuration
-/// error then (there is no last good list to keep).
-pub(crate) fn first(path: &Path, service: &str) -> Result<Found, String> {
-    read(path, service)
 }
 
 /// Watch the file and hand each good version to the upstream until it is
