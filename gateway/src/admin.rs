@@ -195,6 +195,7 @@ async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Respo
                 "last_reload_error": status.last_error,
                 "tls": snap.tls_status(),
                 "upstreams": snap.upstream_statuses(),
+                "state": shared.runtime().state().status(),
                 "reloads_ok": shared.runtime().metrics().reload_count("ok"),
                 "reloads_failed": shared.runtime().metrics().reload_count("error"),
             });
@@ -256,7 +257,7 @@ async fn plugin_state(
     let state = shared.runtime().state();
     let ns: Arc<str> = Arc::from(plugin.as_str());
     let result = match req.method().clone() {
-        Method::GET => match state.get(&ns, &key).await {
+        Method::GET => match state.get(&ns, &key, None).await {
             Ok(Some(entry)) => {
                 let mut resp = Response::new(body::full(Bytes::from(entry.value)));
                 resp.headers_mut().insert(
@@ -292,7 +293,7 @@ async fn plugin_state(
                 keys.insert(key.clone());
             }
             state
-                .set(&ns, &key, value, ttl_ms)
+                .set(&ns, &key, value, ttl_ms, None)
                 .await
                 .map(|version| serde_json::json!({ "version": version }))
         }
@@ -306,7 +307,7 @@ async fn plugin_state(
                 keys.remove(&key);
             }
             state
-                .delete(&ns, &key)
+                .delete(&ns, &key, None)
                 .await
                 .map(|existed| serde_json::json!({ "deleted": existed }))
         }

@@ -37,6 +37,10 @@ pub struct Config {
     /// before the remaining connections are cut, in ms.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Where plugins keep their shared state: this process's memory (the
+    /// default) or a Redis every gateway of a fleet shares.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -443,6 +447,129 @@ pub struct PluginConfig {
     /// Whether instances are reused across requests.
     #[serde(default)]
     pub isolation: Isolation,
+    /// Where this plugin's shared state lives, when not where `state` says.
+    #[serde(default)]
+    pub state: PluginStateConfig,
+}
+
+/// The gateway's plugin state backend.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The backend of every plugin that names none itself.
+    #[serde(default)]
+    pub backend: StateBackendKind,
+    /// The Redis server, for `backend: redis` or any plugin that asks for it.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+}
+
+/// A plugin state backend.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackendKind {
+    /// This process's memory: exact, but per gateway.
+    #[default]
+    Memory,
+    /// A Redis server shared by every gateway that names it.
+    Redis,
+}
+
+/// How the gateway reaches Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// A file holding the password (its first line), so it stays out of the
+    /// configuration; overrides one in `url`.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// The database number; overrides one in `url`.
+    #[serde(default)]
+    pub database: Option<i64>,
+    /// Prepended to every key the gateway writes, so several fleets (or
+    /// other users) can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Longest one connection attempt may take, in ms.
+    #[serde(default = "default_redis_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest one state operation may take, in ms (a hook's own deadline
+    /// may cut it sooner).
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How often the connection is checked, in ms: a lost Redis is noticed
+    /// by the first failed operation, a returned one by this probe.
+    #[serde(default = "default_redis_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// TLS files for `rediss://`.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
+}
+
+fn default_key_prefix() -> String {
+    "wicket:".into()
+}
+fn default_redis_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_redis_timeout_ms() -> u64 {
+    100
+}
+fn default_redis_probe_interval_ms() -> u64 {
+    500
+}
+
+/// Certificates for a TLS connection to Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificates the server's certificate must chain to; the
+    /// system's roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate, for a server that asks for one.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+/// One plugin's state settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginStateConfig {
+    /// `memory` or `redis`; unset, the gateway's `state.backend`.
+    #[serde(default)]
+    pub backend: Option<StateBackendKind>,
+    /// What the plugin's state calls do while Redis is unreachable.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+/// What a plugin's state calls do while its Redis is unreachable.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnavailable {
+    /// Fail with `unavailable`; the plugin's own error path decides
+    /// (fail closed or open, e.g. the limiter's `on_state_error`).
+    #[default]
+    Error,
+    /// Serve from this gateway's memory until Redis is back: the plugin keeps
+    /// working, with state per gateway meanwhile.
+    Memory,
+}
+
+impl OnUnavailable {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Error => "error",
+            OnUnavailable::Memory => "memory",
+        }
+    }
 }
 
 /// Per-instance limits.

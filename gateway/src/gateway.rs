@@ -106,6 +106,7 @@ impl Shared {
             }
             Ok(Some(snapshot)) => {
                 let generation = snapshot.generation;
+                self.runtime.state().apply(snapshot.state.clone()).await;
                 self.next_generation.fetch_add(1, Ordering::SeqCst);
                 self.snapshot.store(Arc::new(snapshot));
                 drop(current);
@@ -371,6 +372,7 @@ impl Gateway {
         )
         .await?;
         snapshot.publish_tls();
+        runtime.state().apply(snapshot.state.clone()).await;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             runtime,

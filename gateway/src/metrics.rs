@@ -53,6 +53,36 @@ pub struct Metrics {
     plugin_series: std::sync::atomic::AtomicUsize,
     series_full_warned: std::sync::atomic::AtomicBool,
     upstreams: Arc<UpstreamCollector>,
+    state_up: Family<Labels, Gauge>,
+    state_transitions: Family<Labels, Counter>,
+    state_operations: Family<Labels, Counter>,
+    state_duration: HistogramFamily,
+}
+
+/// Handles to one state backend's series, taken once so a state call
+/// allocates no label sets.
+#[derive(Clone, Debug)]
+pub struct StateMetrics {
+    /// 1 while the backend answers.
+    pub up: Gauge,
+    /// Health changes to up.
+    pub to_up: Counter,
+    /// Health changes to down.
+    pub to_down: Counter,
+    /// Operations the backend answered.
+    pub ok: Counter,
+    /// Operations that failed on the backend (error or timeout).
+    pub failed: Counter,
+    /// Operations refused at once because the backend was down.
+    pub unavailable: Counter,
+    /// Operations served from the gateway's memory while it was down.
+    pub fallback: Counter,
+    /// Round-trip time of each operation.
+    pub duration: Histogram,
+}
+
+fn state_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 14))
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +157,35 @@ impl Metrics {
         );
         let upstreams = Arc::new(UpstreamCollector::default());
         registry.register_collector(Box::new(upstreams.clone()));
+        let state_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "state_backend_up",
+            "Whether a shared state backend answers (1) or not (0), by backend",
+            state_up.clone(),
+        );
+        let state_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "state_backend_transitions",
+            "Health changes of a shared state backend, by backend and new health (up, down)",
+            state_transitions.clone(),
+        );
+        let state_operations = Family::<Labels, Counter>::default();
+        registry.register(
+            "state_operations",
+            "Plugin state operations on a remote backend, by backend and result (ok, failed, unavailable, fallback)",
+            state_operations.clone(),
+        );
+        let state_duration = HistogramFamily::new_with_constructor(state_histogram);
+        registry.register(
+            "state_operation_duration_seconds",
+            "Round-trip time of plugin state operations on a remote backend, by backend",
+            state_duration.clone(),
+        );
         Metrics {
+            state_up,
+            state_transitions,
+            state_operations,
+            state_duration,
             upstreams,
             registry: Mutex::new(registry),
             cert_expiry,
@@ -232,6 +290,36 @@ impl Metrics {
                     ("direction".to_string(), direction.to_string()),
                 ])
                 .inc_by(n);
+        }
+    }
+
+    /// The series of the state backend `backend`.
+    pub fn state_metrics(&self, backend: &str) -> StateMetrics {
+        let b = || ("backend".to_string(), backend.to_string());
+        let with = |name: &str, value: &str| vec![b(), (name.to_string(), value.to_string())];
+        // One statement per series: a family's read guard lives to the end
+        // of its statement, and creating the next series of the same family
+        // needs its write lock.
+        let counter = |family: &Family<Labels, Counter>, labels: Labels| {
+            let c = family.get_or_create(&labels).clone();
+            c
+        };
+        let op = |result: &str| counter(&self.state_operations, with("result", result));
+        let up = self.state_up.get_or_create(&vec![b()]).clone();
+        let to_up = counter(&self.state_transitions, with("to", "up"));
+        let to_down = counter(&self.state_transitions, with("to", "down"));
+        let (ok, failed) = (op("ok"), op("failed"));
+        let (unavailable, fallback) = (op("unavailable"), op("fallback"));
+        let duration = self.state_duration.get_or_create(&vec![b()]).clone();
+        StateMetrics {
+            up,
+            to_up,
+            to_down,
+            ok,
+            failed,
+            unavailable,
+            fallback,
+            duration,
         }
     }
 

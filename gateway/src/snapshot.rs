@@ -58,6 +58,9 @@ pub struct Snapshot {
     /// The admin bearer token, read when this generation was built (so a
     /// reload rotates it).
     pub admin_token: Option<Arc<str>>,
+    /// Where each plugin's shared state lives; applied to the runtime's
+    /// store when this generation starts serving.
+    pub state: Arc<crate::state::Routes>,
     listeners: Vec<Rules>,
     tls: Vec<Option<Arc<ListenerTls>>>,
     routes: Vec<Route>,
@@ -127,6 +130,22 @@ impl Snapshot {
                 )),
             }
         }
+
+        let state = match crate::state::Routes::build(
+            &config,
+            base,
+            previous.map(|p| &*p.state),
+            runtime.metrics(),
+        ) {
+            Ok(routes) => Arc::new(routes),
+            Err(errs) => {
+                errors.extend(
+                    errs.into_iter()
+                        .map(|(field, msg)| ConfigError::at(field, msg)),
+                );
+                Arc::default()
+            }
+        };
 
         // Compilation is CPU-heavy; keep it off the async workers so a reload
         // does not stall traffic, and compile the modules side by side (an
@@ -341,6 +360,7 @@ impl Snapshot {
             listener_addrs: config.listeners.iter().map(|l| l.address).collect(),
             admin: config.admin.clone(),
             admin_token,
+            state,
             generation,
             digest: hex(&Sha256::digest(text.as_bytes())),
             access_log: config.access_log,

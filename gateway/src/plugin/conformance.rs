@@ -239,6 +239,7 @@ pub async fn run(
         limits: limits.unwrap_or_default(),
         failure: Default::default(),
         isolation: Default::default(),
+        state: Default::default(),
     };
     let plugin = match runtime.load("spec", &cfg, Path::new(".")) {
         Ok(p) => {

@@ -39,6 +39,11 @@ pub(crate) struct HostState {
     pub(crate) ticks_left: u64,
     /// The deadline of the call in progress, for its error.
     pub(crate) deadline_ms: u64,
+    /// When the call in progress must end (wall clock).
+    pub(crate) deadline_at: tokio::time::Instant,
+    /// When its state calls must have answered: a little before
+    /// `deadline_at`, so the plugin can still act on `unavailable`.
+    pub(crate) state_deadline: tokio::time::Instant,
     /// What the running hook may read; `None` between calls.
     pub(crate) call: Option<Call>,
     /// The configuration's upstream names, sorted, for `gateway.upstreams`.
@@ -557,7 +562,7 @@ impl state::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<state::Entry>, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
-            .get(&ctx.plugin, &key)
+            .get(&ctx.plugin, &key, Some(self.state_deadline))
             .await
             .map(|e| e.map(entry))
             .map_err(state_error)
@@ -571,7 +576,7 @@ impl state::Host for HostState {
     ) -> Result<u64, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
-            .set(&ctx.plugin, &key, value, ttl_ms)
+            .set(&ctx.plugin, &key, value, ttl_ms, Some(self.state_deadline))
             .await
             .map_err(state_error)
     }
@@ -586,7 +591,14 @@ impl state::Host for HostState {
         let ctx = &self.ctx;
         match ctx
             .state
-            .compare_and_swap(&ctx.plugin, &key, expected, value, ttl_ms)
+            .compare_and_swap(
+                &ctx.plugin,
+                &key,
+                expected,
+                value,
+                ttl_ms,
+                Some(self.state_deadline),
+            )
             .await
         {
             Ok(CasOutcome::Swapped(v)) => Ok(state::CasResult::Swapped(v)),
@@ -603,8 +615,9 @@ impl state::Host for HostState {
     ) -> Result<i64, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
-            .increment(&ctx.plugin, &key, delta, ttl_ms)
+            .increment(&ctx.plugin, &key, delta, ttl_ms, Some(self.state_deadline))
             .await
+            .map(|(value, _)| value)
             .map_err(state_error)
     }
 
@@ -616,7 +629,7 @@ impl state::Host for HostState {
     ) -> Result<state::Counter, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
-            .increment_with_ttl(&ctx.plugin, &key, delta, ttl_ms)
+            .increment(&ctx.plugin, &key, delta, ttl_ms, Some(self.state_deadline))
             .await
             .map(|(value, ttl_ms)| state::Counter { value, ttl_ms })
             .map_err(state_error)
@@ -625,7 +638,7 @@ impl state::Host for HostState {
     async fn delete(&mut self, key: String) -> Result<bool, state::StateError> {
         let ctx = &self.ctx;
         ctx.state
-            .delete(&ctx.plugin, &key)
+            .delete(&ctx.plugin, &key, Some(self.state_deadline))
             .await
             .map_err(state_error)
     }

@@ -504,6 +504,8 @@ impl Plugin {
             output: out,
             ticks_left: 0,
             deadline_ms: 0,
+            deadline_at: tokio::time::Instant::now(),
+            state_deadline: tokio::time::Instant::now(),
             call: None,
             upstreams: upstreams.clone(),
             counters: Default::default(),
@@ -534,6 +536,13 @@ impl Plugin {
         let data = store.data_mut();
         data.ticks_left = ticks;
         data.deadline_ms = ms;
+        // The one clock read of a call: the wall-clock bound below and the
+        // state calls' cut-off both come from it. State calls must finish a
+        // fifth of the deadline early, so a plugin told `unavailable` still
+        // has time to answer with its own error.
+        let at = tokio::time::Instant::now() + Duration::from_millis(ms);
+        data.deadline_at = at;
+        data.state_deadline = at - Duration::from_millis(ms / 5);
         data.limiter.refused = None;
         store.set_epoch_deadline(1);
     }
@@ -544,20 +553,14 @@ impl Plugin {
     /// the call's future is dropped — the guest is stopped where it was — and
     /// the store is left for the caller to take the request head back from
     /// and then discard.
+    /// `at` is the instant [`Plugin::arm`] computed for a deadline of `ms`.
     async fn wall_clock<T>(
         &self,
-        call: impl std::future::Future<Output = wasmtime::Result<T>>,
-    ) -> wasmtime::Result<T> {
-        self.within(self.limits.deadline_ms, call).await
-    }
-
-    /// [`Plugin::wall_clock`] with a deadline of `ms`.
-    async fn within<T>(
-        &self,
+        at: tokio::time::Instant,
         ms: u64,
         call: impl std::future::Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
-        match tokio::time::timeout(Duration::from_millis(ms), call).await {
+        match tokio::time::timeout_at(at, call).await {
             Ok(result) => result,
             Err(_) => Err(wasmtime::Error::new(DeadlineExceeded(ms))),
         }
@@ -753,8 +756,9 @@ impl Pool {
             other => other,
         })?;
         plugin.arm(&mut store, init_ms);
+        let at = store.data().deadline_at;
         let hooks = match plugin
-            .within(init_ms, funcs.init(&mut store, &self.config))
+            .wall_clock(at, init_ms, funcs.init(&mut store, &self.config))
             .await
         {
             Ok(Ok(hooks)) => hooks,
@@ -830,8 +834,9 @@ impl Pool {
             plugin.arm_deadline(&mut inst.store);
             let call = lend(parts, info, upstream, None, 0, context);
             inst.store.data_mut().call = Some(call);
+            let (at, ms) = (inst.store.data().deadline_at, plugin.limits.deadline_ms);
             let result = plugin
-                .wall_clock(inst.funcs.on_request(&mut inst.store))
+                .wall_clock(at, ms, inst.funcs.on_request(&mut inst.store))
                 .await;
             restore(&mut inst.store, parts, None, context);
             result
@@ -861,8 +866,9 @@ impl Pool {
             let response = (resp.status, std::mem::take(&mut resp.headers));
             let call = lend(parts, info, upstream, Some(response), attempts, context);
             inst.store.data_mut().call = Some(call);
+            let (at, ms) = (inst.store.data().deadline_at, plugin.limits.deadline_ms);
             let result = plugin
-                .wall_clock(inst.funcs.on_response(&mut inst.store, outcome))
+                .wall_clock(at, ms, inst.funcs.on_response(&mut inst.store, outcome))
                 .await;
             restore(&mut inst.store, parts, Some(&mut resp.headers), context);
             result

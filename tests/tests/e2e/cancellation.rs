@@ -37,6 +37,7 @@ async fn single_instance_pool() -> Arc<Pool> {
         },
         failure: Default::default(),
         isolation: Default::default(),
+        state: Default::default(),
     };
     let plugin = runtime
         .load("chaos", &cfg, std::path::Path::new("."))

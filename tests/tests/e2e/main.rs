@@ -18,6 +18,7 @@ mod policy_split;
 mod proxy;
 mod reload;
 mod serve;
+mod state;
 mod tls;
 mod trust;
 mod upstreams;
