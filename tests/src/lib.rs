@@ -285,6 +285,16 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A loopback port free a moment ago, for a server that must be told its
+/// port (etcd, Redis) rather than report the one the OS picked.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// A directory under the build's target directory for one test's files.
 pub fn scratch_dir(test: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);

@@ -123,21 +123,14 @@ pub(crate) enum Reply {
     Deleted(bool),
 }
 
-/// Where one plugin's state lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Binding {
-    Memory,
-    /// Redis, and what to do while it is unreachable.
-    Redis(OnUnavailable),
-}
-
 /// Which backend each plugin uses: built from one configuration, swapped in
 /// when that configuration is applied.
 #[derive(Debug, Default)]
 pub struct Routes {
     redis: Option<Arc<RedisStore>>,
-    /// Plugins whose binding is not memory; absent means memory.
-    remote: HashMap<String, Binding>,
+    /// Plugins on Redis, with what their calls do while it is unreachable;
+    /// every other plugin is in memory.
+    remote: HashMap<String, OnUnavailable>,
 }
 
 impl Routes {
@@ -195,7 +188,7 @@ impl Routes {
                             "state on Redis needs a `state.redis` section".into(),
                         ));
                     }
-                    remote.insert(name.clone(), Binding::Redis(p.state.on_unavailable));
+                    remote.insert(name.clone(), p.state.on_unavailable);
                 }
             }
         }
@@ -205,11 +198,12 @@ impl Routes {
         Ok(Routes { redis, remote })
     }
 
-    fn binding(&self, ns: &str) -> Binding {
+    /// `None`: the plugin is in memory.
+    fn on_redis(&self, ns: &str) -> Option<OnUnavailable> {
         if self.remote.is_empty() {
-            return Binding::Memory;
+            return None;
         }
-        self.remote.get(ns).copied().unwrap_or(Binding::Memory)
+        self.remote.get(ns).copied()
     }
 }
 
@@ -254,14 +248,10 @@ impl SharedState {
         let plugins: serde_json::Map<String, serde_json::Value> = routes
             .remote
             .iter()
-            .map(|(name, binding)| {
-                let on = match binding {
-                    Binding::Redis(on) => on.as_str(),
-                    Binding::Memory => "error",
-                };
+            .map(|(name, on)| {
                 (
                     name.clone(),
-                    serde_json::json!({ "backend": "redis", "on_unavailable": on }),
+                    serde_json::json!({ "backend": "redis", "on_unavailable": on.as_str() }),
                 )
             })
             .collect();
@@ -373,9 +363,8 @@ impl SharedState {
     ) -> Result<Reply, StateError> {
         op.check()?;
         let routes = self.inner.routes.load();
-        let on_unavailable = match routes.binding(ns) {
-            Binding::Memory => return self.inner.memory.exec(ns, op),
-            Binding::Redis(on) => on,
+        let Some(on_unavailable) = routes.on_redis(ns) else {
+            return self.inner.memory.exec(ns, op);
         };
         let redis = routes
             .redis

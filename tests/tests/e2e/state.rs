@@ -23,14 +23,9 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut r = Redis {
             child: None,
-            port,
+            port: wicket_tests::free_port(),
             dir: scratch_dir("redis"),
         };
         r.spawn().await;
@@ -364,7 +359,7 @@ async fn both_backends_pass_the_same_conformance_suite() {
     assert!(keys.iter().all(|k| k.starts_with("conf:")), "{keys:?}");
 }
 
-/// A rate-limit route and its config for `count` requests a day, on Redis.
+/// One route limited to 1,000 requests a day in all, its state on Redis.
 fn fleet_config(redis: &Redis, b: &wicket_tests::Backend) -> String {
     fill(
         &format!(

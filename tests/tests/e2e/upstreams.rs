@@ -666,17 +666,9 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_etcd() -> Etcd {
     let dir = wicket_tests::scratch_dir("etcd");
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer) = (wicket_tests::free_port(), wicket_tests::free_port());
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let child = std::process::Command::new("etcd")
