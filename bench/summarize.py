@@ -23,10 +23,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-PROXIES = ["wicket", "wicket-3", "wicket-5", "nginx", "haproxy"]
+PROXIES = ["wicket", "wicket-3", "wicket-3r", "wicket-5", "nginx", "haproxy"]
 LABELS = {
     "wicket": "Wicket, no plugins",
     "wicket-3": "Wicket, 3 policies",
+    "wicket-3r": "Wicket, 3 policies, state on Redis",
     "wicket-5": "Wicket, 5 policies",
     "nginx": "nginx",
     "haproxy": "HAProxy",
@@ -249,6 +250,21 @@ def print_ws(work: Path) -> None:
     print()
 
 
+def redis_vs_memory(cases: dict, runs: list, body: int) -> None:
+    """The 3-policy chain with its state on Redis against memory, per run."""
+    pairs = [(cases.get((r, body, "wicket-3r")), cases.get((r, body, "wicket-3"))) for r in runs]
+    pairs = [(red, mem) for red, mem in pairs if red and mem and mem["rps"]]
+    if not pairs:
+        return
+    rps = statistics.median(red["rps"] / mem["rps"] for red, mem in pairs)
+    cpu = statistics.median(red["cpu_us"] - mem["cpu_us"] for red, mem in pairs)
+    p50 = statistics.median(red["p50"] - mem["p50"] for red, mem in pairs)
+    print(
+        f"State on Redis against memory, 3 policies (medians of per-run figures): "
+        f"req/s ×{rps:.2f}, CPU per request {cpu:+.1f} µs, p50 {p50:+.0f} µs.\n"
+    )
+
+
 def main() -> None:
     work, machine, date = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     raw = work / "raw"
@@ -312,6 +328,7 @@ def main() -> None:
                         f"responses, {case['socket_errors']} socket errors"
                     )
         print()
+        redis_vs_memory(cases, runs, body)
     if problems:
         print("## Errors seen\n")
         for p in problems:

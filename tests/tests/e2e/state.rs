@@ -9,93 +9,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wicket_tests::redis_server::RedisServer;
 use wicket_tests::wicket::state::{CasOutcome, Entry, SharedState, StateError};
 use wicket_tests::wicket::Clock;
 use wicket_tests::{backend, fill, scratch_dir, GatewayProcess, HttpClient, TestGateway};
 
-/// A real `redis-server` on a loopback port, killed on drop; no persistence,
-/// so a restart starts empty, as a lost Redis does.
-struct Redis {
-    child: Option<std::process::Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: wicket_tests::free_port(),
-            dir: scratch_dir("redis"),
-        };
-        r.spawn().await;
-        r
-    }
-
-    async fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is needed for this test (Debian: apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.ping().await.is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}/0", self.addr())
-    }
-
-    async fn ping(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .map(|_| ())
-    }
-
-    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
-    }
-
-    /// The keys the gateway wrote, sorted.
-    async fn keys(&self) -> Vec<String> {
-        let mut c = self.conn().await.unwrap();
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        keys.sort();
-        keys
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The keys the gateway wrote to this Redis, sorted.
+async fn keys(redis: &RedisServer) -> Vec<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
 }
 
 /// A store routed as a gateway with this `state` section routes plugin `p`
@@ -344,7 +273,7 @@ async fn conformance(s: &SharedState, backend: &str) {
 async fn both_backends_pass_the_same_conformance_suite() {
     conformance(&store("").await, "memory").await;
 
-    let redis = Redis::start().await;
+    let redis = RedisServer::start();
     let s = store(&format!(
         "state: {{ backend: redis, redis: {{ url: \"{}\", key_prefix: \"conf:\" }} }}",
         redis.url()
@@ -352,7 +281,7 @@ async fn both_backends_pass_the_same_conformance_suite() {
     .await;
     conformance(&s, "redis").await;
     assert!(s.is_empty(), "nothing went to memory");
-    let keys = redis.keys().await;
+    let keys = keys(&redis).await;
     assert!(keys.contains(&"conf:{p}:sum".to_string()), "{keys:?}");
     assert!(keys.contains(&"conf:{p}#version".to_string()), "{keys:?}");
     assert!(keys.contains(&"conf:{q}:n".to_string()), "{keys:?}");
@@ -360,7 +289,7 @@ async fn both_backends_pass_the_same_conformance_suite() {
 }
 
 /// One route limited to 1,000 requests a day in all, its state on Redis.
-fn fleet_config(redis: &Redis, b: &wicket_tests::Backend) -> String {
+fn fleet_config(redis: &RedisServer, b: &wicket_tests::Backend) -> String {
     fill(
         &format!(
             r#"
@@ -391,7 +320,7 @@ fn two_gateway_processes_sharing_redis_enforce_one_limit_exactly() {
         .enable_all()
         .build()
         .unwrap();
-    let redis = rt.block_on(Redis::start());
+    let redis = RedisServer::start();
     let b = rt.block_on(backend("b"));
     let dir = scratch_dir("fleet");
     let config = dir.join("wicket.yaml");
@@ -452,7 +381,7 @@ fn two_gateway_processes_sharing_redis_enforce_one_limit_exactly() {
 /// through one flips the other; `/status` shows the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_and_an_admin_switch_hold_across_gateways() {
-    let redis = Redis::start().await;
+    let redis = RedisServer::start();
     let failing = backend("failing").await;
     failing.answer.store(500, SeqCst);
     let catalog = backend("catalog").await;
@@ -632,7 +561,7 @@ async fn wait_for_health(c: &HttpClient, gw: &TestGateway, up: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
-    let mut redis = Redis::start().await;
+    let mut redis = RedisServer::start();
     let b = backend("b").await;
     let gw = TestGateway::start(&policies_config(&redis.url(), &b)).await;
     let c = HttpClient::new();
@@ -642,7 +571,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
         assert_eq!(statuses(&c, &gw.url(path), 2).await, [200, 200], "{path}");
     }
     assert_eq!(
-        redis.keys().await.len(),
+        keys(&redis).await.len(),
         6,
         "three buckets and three version counters"
     );
@@ -696,7 +625,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
 
     // Redis is back (empty, as a restarted Redis without persistence is):
     // every route is on Redis again without a restart of the gateway.
-    redis.spawn().await;
+    redis.spawn();
     wait_for_health(&c, &gw, true).await;
     assert_eq!(
         statuses(&c, &gw.url("/closed"), 4).await,
@@ -709,7 +638,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
     let status = c.get(&gw.admin_url("/status"), &[]).await.json();
     assert_eq!(status["state"]["redis"]["fallback_entries"], 0, "{status}");
     assert_eq!(
-        redis.keys().await.len(),
+        keys(&redis).await.len(),
         4,
         "closed and local on Redis again"
     );
@@ -717,7 +646,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_is_cut_by_the_plugin_deadline() {
-    let redis = Redis::start().await;
+    let redis = RedisServer::start();
     let delay = Arc::new(AtomicU64::new(0));
     let proxy = slow_proxy(redis.addr(), delay.clone()).await;
     let b = backend("b").await;
