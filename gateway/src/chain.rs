@@ -14,6 +14,7 @@ use crate::plugin::{
     UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
+use crate::telemetry::access_log::Step;
 use crate::upstream::Upstream;
 
 /// Where the request stands after the `on-request` pass.
@@ -31,6 +32,9 @@ pub struct RequestPass {
     /// for their `on-response`. Only non-empty ones are kept, so a request
     /// whose plugins keep nothing allocates nothing for them.
     pub contexts: Vec<(usize, Context)>,
+    /// What each hook decided and how long it took, for the access log
+    /// (kept only when it is on).
+    pub steps: Option<Vec<Step>>,
 }
 
 impl RequestPass {
@@ -57,6 +61,8 @@ pub async fn on_request(
         response_headers: HeaderMap::new(),
         short_circuit: None,
         contexts: Vec::new(),
+        steps: (snapshot.access_log.is_some() && !route.chain.is_empty())
+            .then(|| Vec::with_capacity(route.chain.len())),
     };
     for (i, pool) in route.chain.iter().enumerate() {
         if !pool.hooks().on_request {
@@ -64,9 +70,18 @@ pub async fn on_request(
             continue;
         }
         let mut context = Context::default();
+        let began = pass.steps.is_some().then(std::time::Instant::now);
         let result = pool
             .on_request(parts, info, &pass.upstream, &mut context)
             .await;
+        if let (Some(steps), Some(began)) = (&mut pass.steps, began) {
+            let (decision, failure) = match &result {
+                Ok(RequestDecision::Continue(_)) => ("continue", None),
+                Ok(RequestDecision::Respond(_)) => ("respond", None),
+                Err(e) => (failed(pool), Some(e.kind())),
+            };
+            steps.push(step(pool, "on-request", decision, failure, began));
+        }
         if !context.is_empty() {
             pass.contexts.push((i, context));
         }
@@ -152,6 +167,7 @@ pub async fn on_response(
             None => Context::default(),
         };
         let (mut head, body) = resp.into_parts();
+        let began = pass.steps.is_some().then(std::time::Instant::now);
         let result = pool
             .on_response(
                 parts,
@@ -162,6 +178,14 @@ pub async fn on_response(
                 &mut context,
             )
             .await;
+        if let (Some(steps), Some(began)) = (&mut pass.steps, began) {
+            let (decision, failure) = match &result {
+                Ok(ResponseDecision::Continue(_)) => ("continue", None),
+                Ok(ResponseDecision::Replace(_)) => ("replace", None),
+                Err(e) => (failed(pool), Some(e.kind())),
+            };
+            steps.push(step(pool, "on-response", decision, failure, began));
+        }
         resp = http::Response::from_parts(head, body);
         match result {
             Ok(ResponseDecision::Continue(patch)) => {
@@ -186,6 +210,30 @@ pub async fn on_response(
         }
     }
     resp
+}
+
+/// A failed hook's decision: what its failure policy made of it.
+fn failed(pool: &Pool) -> &'static str {
+    match pool.plugin().failure_policy() {
+        FailurePolicy::FailOpen => "skipped",
+        FailurePolicy::FailClosed => "refused",
+    }
+}
+
+fn step(
+    pool: &Arc<Pool>,
+    hook: &'static str,
+    decision: &'static str,
+    failure: Option<&'static str>,
+    began: std::time::Instant,
+) -> Step {
+    Step {
+        pool: pool.clone(),
+        hook,
+        decision,
+        failure,
+        us: began.elapsed().as_micros() as u64,
+    }
 }
 
 fn plugin_response(r: PluginResponse) -> http::Response<Body> {

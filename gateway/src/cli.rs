@@ -216,12 +216,13 @@ async fn run(config: PathBuf, watch: bool) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     // Register the handlers before anything else: a signal that arrives while
     // the gateway starts must be handled, not take the default action.
-    let (mut term, mut int, mut hup) = match (
+    let (mut term, mut int, mut hup, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Ok(t), Ok(i), Ok(h), Ok(u)) => (t, i, h, u),
         _ => {
             eprintln!("wicket: cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -250,6 +251,13 @@ async fn run(config: PathBuf, watch: bool) -> ExitCode {
                 tracing::info!("SIGHUP: reloading");
                 // The outcome is logged, counted and shown on /status.
                 let _ = gateway.shared().reload().await;
+            }
+            _ = usr1.recv() => {
+                // logrotate's postrotate: the file was moved away.
+                match &gateway.shared().current().access_log {
+                    Some(log) => log.reopen(),
+                    None => tracing::info!("SIGUSR1: no access log to reopen"),
+                }
             }
         }
     }

@@ -23,9 +23,13 @@ pub struct Config {
     /// Engine-wide settings of the plugin runtime.
     #[serde(default)]
     pub runtime: RuntimeConfig,
-    /// Log one line per request at `info` on target `wicket::access`.
-    #[serde(default = "yes")]
-    pub access_log: bool,
+    /// One line per request: `true` (the default: text on stdout), `false`,
+    /// or [`AccessLogConfig`]'s fields.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// How each request is named in logs, error replies and upstream calls.
+    #[serde(default)]
+    pub request_id: RequestIdConfig,
     /// Add `x-wicket-generation: <n>` to every response, naming the
     /// configuration generation that served it.
     #[serde(default)]
@@ -54,6 +58,123 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+/// The access log: one line per request, written off the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// Whether requests are logged at all.
+    pub enabled: bool,
+    /// `text` for people, `json` (one object per line) for machines.
+    pub format: AccessLogFormat,
+    /// A file to append to, relative to the config file; stdout when absent.
+    /// Reopened on SIGUSR1, so logrotate can move it away.
+    pub path: Option<String>,
+    /// Share of successful requests (status below 400) logged, 0 to 1;
+    /// every failed one is logged.
+    pub sample_success: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            format: AccessLogFormat::Text,
+            path: None,
+            sample_success: 1.0,
+        }
+    }
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLogFormat {
+    /// One human-readable line, nginx-like.
+    #[default]
+    Text,
+    /// One JSON object per line, with a stable field set.
+    Json,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogFields {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    format: AccessLogFormat,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default = "one")]
+    sample_success: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+// `access_log: true|false` stays valid beside the map form; a map goes
+// through a derived struct so unknown fields are still located errors.
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = AccessLogConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or a map of enabled, format, path, sample_success")
+            }
+            fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<Self::Value, E> {
+                Ok(AccessLogConfig {
+                    enabled,
+                    ..AccessLogConfig::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let f = AccessLogFields::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(AccessLogConfig {
+                    enabled: f.enabled,
+                    format: f.format,
+                    path: f.path,
+                    sample_success: f.sample_success,
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+/// Request ids.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// The header that carries the id: read from the client (when
+    /// `accept_inbound`), sent upstream, returned to the client.
+    #[serde(default = "default_request_id_header")]
+    pub header: String,
+    /// Keep a well-formed id the client sent (1–128 characters of letters,
+    /// digits and `-_.:+/=@`) instead of making one, so a request can be
+    /// followed across systems. A malformed one is replaced.
+    #[serde(default = "yes")]
+    pub accept_inbound: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        RequestIdConfig {
+            header: default_request_id_header(),
+            accept_inbound: true,
+        }
+    }
+}
+
+fn default_request_id_header() -> String {
+    "x-request-id".into()
 }
 
 /// The quiet period when the configuration sets none; also how far apart

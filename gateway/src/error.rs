@@ -114,7 +114,8 @@ impl ProxyError {
         }
     }
 
-    /// The reply the client gets.
+    /// The reply the client gets (the request path adds the request id
+    /// header to every answer, this one included).
     pub fn to_response(&self, request_id: &crate::request::RequestId) -> http::Response<Body> {
         let json = serde_json::json!({
             "error": self.code(),
@@ -124,9 +125,7 @@ impl ProxyError {
         let mut resp = json_response(self.status(), json.to_string());
         resp.extensions_mut()
             .insert(crate::grpc::ErrorMessage(self.client_message()));
-        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        resp.extensions_mut().insert(ErrorCode(self.code()));
         if let ProxyError::MethodNotAllowed { allow, .. } = self {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 resp.headers_mut().insert(http::header::ALLOW, v);
@@ -161,3 +160,8 @@ pub fn json_response(status: StatusCode, json: String) -> http::Response<Body> {
     );
     resp
 }
+
+/// The code of the gateway's own error reply, kept with the response for the
+/// access log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

@@ -22,6 +22,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;
 

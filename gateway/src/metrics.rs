@@ -57,6 +57,7 @@ pub struct Metrics {
     state_transitions: Family<Labels, Counter>,
     state_operations: Family<Labels, Counter>,
     state_duration: HistogramFamily,
+    access_log_lines: Family<Labels, Counter>,
 }
 
 /// Handles to one state backend's series, taken once so a state call
@@ -79,6 +80,17 @@ pub struct StateMetrics {
     pub fallback: Counter,
     /// Round-trip time of each operation.
     pub duration: Histogram,
+}
+
+/// Handles to the access log's series.
+#[derive(Clone, Debug)]
+pub struct AccessLogCounters {
+    /// Lines written.
+    pub written: Counter,
+    /// Lines dropped because the writer's queue was full.
+    pub dropped: Counter,
+    /// Lines whose write failed.
+    pub failed: Counter,
 }
 
 fn state_histogram() -> Histogram {
@@ -181,7 +193,14 @@ impl Metrics {
             "Round-trip time of plugin state operations on a remote backend, by backend",
             state_duration.clone(),
         );
+        let access_log_lines = Family::<Labels, Counter>::default();
+        registry.register(
+            "access_log_lines",
+            "Access log lines, by result (written, dropped: the writer's queue was full, failed: the write failed)",
+            access_log_lines.clone(),
+        );
         Metrics {
+            access_log_lines,
             state_up,
             state_transitions,
             state_operations,
@@ -320,6 +339,22 @@ impl Metrics {
             unavailable,
             fallback,
             duration,
+        }
+    }
+
+    /// The access log's series.
+    pub fn access_log_counters(&self) -> AccessLogCounters {
+        let line = |result: &str| {
+            let c = self
+                .access_log_lines
+                .get_or_create(&vec![("result".to_string(), result.to_string())])
+                .clone();
+            c
+        };
+        AccessLogCounters {
+            written: line("written"),
+            dropped: line("dropped"),
+            failed: line("failed"),
         }
     }
 

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::chain;
-use crate::error::ProxyError;
+use crate::error::{ErrorCode, ProxyError};
 use crate::plugin::{OutcomeResult, RequestInfo, UpstreamOutcome};
 use crate::request::{self, Authority, Conn, RequestBody, RequestId};
 use crate::router::Lookup;
@@ -34,9 +34,8 @@ use crate::snapshot::Snapshot;
 
 /// Serve one request with `snapshot`.
 pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
-    let started = Instant::now();
-    let id = RequestId::next();
     let (mut parts, body) = req.into_parts();
+    let begun = Begun::new(&snapshot, &parts, &conn);
     let listener = snapshot.listener(conn.listener);
     let grpc = crate::grpc::kind(&parts.headers);
 
@@ -46,27 +45,40 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         .and_then(|a| request::check_tls(&conn, &a).map(|()| a))
     {
         Ok(a) => a,
-        Err(e) => return finish_early(&snapshot, e.into(), &parts, body, &conn, &id, started),
+        Err(e) => return finish_early(&snapshot, e.into(), &parts, body, "", &begun),
     };
     if let Some(port) = listener.redirect_https {
-        return redirect_https(&snapshot, &authority, port, &parts, body, &id, started);
+        return redirect_https(&snapshot, &authority, port, &parts, body, &begun);
     }
     // 2. Route: host, path, method → route and path parameters.
     let (route, params) = match route(&snapshot, &authority, &parts) {
         Ok(found) => found,
-        Err(e) => return finish_early(&snapshot, e, &parts, body, &conn, &id, started),
+        Err(e) => return finish_early(&snapshot, e, &parts, body, authority.as_str(), &begun),
     };
     // 3. Prepare: the body bounded, hop-by-hop headers out, forwarding headers in.
     let max_body = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
-    let body = match RequestBody::new(body, &parts.headers, max_body, listener.body_idle) {
+    let mut body = match RequestBody::new(body, &parts.headers, max_body, listener.body_idle) {
         Ok(b) => b,
-        Err(e) => return finish_early(&snapshot, e.into(), &parts, None, &conn, &id, started),
+        Err(e) => {
+            return finish_early(
+                &snapshot,
+                e.into(),
+                &parts,
+                None,
+                authority.as_str(),
+                &begun,
+            )
+        }
     };
+    let bytes_in = snapshot.access_log.as_ref().and_then(|_| body.count_read());
     let authority = authority.into_string();
     // A WebSocket upgrade the route allows keeps the client's side of the
     // connection for the tunnel; any other upgrade is stripped below.
     let upgrade = websocket_upgrade(route, &mut parts);
     prepare_request(&mut parts, &conn, &authority);
+    parts
+        .headers
+        .insert(snapshot.request_id_header.clone(), begun.id.header_value());
     if upgrade.is_some() {
         keep_upgrade_headers(&mut parts.headers);
     }
@@ -78,7 +90,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         route: route.name.clone(),
         path: parts.uri.path().to_string(),
         params,
-        request_id: id,
+        request_id: begun.id.clone(),
         tls: conn.tls.clone(),
     });
     // 4. Plugins, on-request, in chain order.
@@ -115,20 +127,21 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     if let Some((client, idle)) = upgrade {
         open_tunnel(&snapshot, &mut resp, client, idle, route, &conn, &info);
     }
+    let error = resp.extensions().get::<ErrorCode>().map(|c| c.0);
     let resp = finish_grpc(grpc.as_ref(), resp);
     // 8. Log and count.
-    record(
-        &snapshot,
-        Some(route),
-        pass.upstream.name(),
-        &parts,
-        &info.path,
-        &resp,
-        &outcome,
-        &info.request_id,
-        started,
-    );
-    resp
+    let steps = pass.steps.take();
+    let served = Served {
+        route: Some(route),
+        upstream: Some(pass.upstream.name()),
+        authority: &info.authority,
+        path: &info.path,
+        outcome: &outcome,
+        error,
+        steps,
+        bytes_in,
+    };
+    record(&snapshot, &parts, served, resp, &begun)
 }
 
 fn route<'s>(
@@ -479,8 +492,7 @@ fn redirect_https(
     port: u16,
     parts: &http::request::Parts,
     body: Incoming,
-    id: &RequestId,
-    started: Instant,
+    begun: &Begun,
 ) -> Response<Body> {
     request::linger(body);
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -493,7 +505,7 @@ fn redirect_https(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    finish_unrouted(snapshot, resp, parts, id, started)
+    finish_unrouted(snapshot, resp, parts, authority.as_str(), None, begun)
 }
 
 /// An answer given before routing: stamped, logged and counted under no route.
@@ -501,22 +513,22 @@ fn finish_unrouted(
     snapshot: &Snapshot,
     mut resp: Response<Body>,
     parts: &http::request::Parts,
-    id: &RequestId,
-    started: Instant,
+    authority: &str,
+    error: Option<&'static str>,
+    begun: &Begun,
 ) -> Response<Body> {
     stamp_generation(snapshot, &mut resp);
-    record(
-        snapshot,
-        None,
-        "",
-        parts,
-        parts.uri.path(),
-        &resp,
-        &skipped(),
-        id,
-        started,
-    );
-    resp
+    let served = Served {
+        route: None,
+        upstream: None,
+        authority,
+        path: parts.uri.path(),
+        outcome: &skipped(),
+        error,
+        steps: None,
+        bytes_in: None,
+    };
+    record(snapshot, parts, served, resp, begun)
 }
 
 fn finish_early(
@@ -524,60 +536,118 @@ fn finish_early(
     e: ProxyError,
     parts: &http::request::Parts,
     body: impl Into<Option<Incoming>>,
-    conn: &Conn,
-    id: &RequestId,
-    started: Instant,
+    authority: &str,
+    begun: &Begun,
 ) -> Response<Body> {
     if let ProxyError::Refused(reason) = &e {
-        tracing::info!(request_id = %id, client = %conn.client, code = e.code(), reason = %reason, "request refused");
+        tracing::info!(request_id = %begun.id, client = %begun.client, code = e.code(), reason = %reason, "request refused");
     }
     if let Some(body) = body.into() {
         request::linger(body);
     }
-    let resp = finish_unrouted(snapshot, e.to_response(id), parts, id, started);
-    finish_grpc(crate::grpc::kind(&parts.headers).as_ref(), resp)
+    let resp = finish_grpc(
+        crate::grpc::kind(&parts.headers).as_ref(),
+        e.to_response(&begun.id),
+    );
+    finish_unrouted(snapshot, resp, parts, authority, Some(e.code()), begun)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a request's answer came from, for its log line and metrics.
+struct Served<'a> {
+    route: Option<&'a crate::snapshot::Route>,
+    upstream: Option<&'a str>,
+    authority: &'a str,
+    path: &'a str,
+    outcome: &'a UpstreamOutcome,
+    error: Option<&'static str>,
+    steps: Option<Vec<crate::telemetry::access_log::Step>>,
+    bytes_in: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// Step 8: the request id stamped on the answer, the request counted, and
+/// its access log line armed to be written when the body has been sent.
 fn record(
     snapshot: &Snapshot,
-    route: Option<&crate::snapshot::Route>,
-    upstream: &str,
     parts: &http::request::Parts,
-    path: &str,
-    resp: &Response<Body>,
-    outcome: &UpstreamOutcome,
-    id: &RequestId,
-    started: Instant,
-) {
-    let elapsed = started.elapsed();
+    served: Served<'_>,
+    mut resp: Response<Body>,
+    begun: &Begun,
+) -> Response<Body> {
+    resp.headers_mut()
+        .insert(snapshot.request_id_header.clone(), begun.id.header_value());
+    let head = begun.started.elapsed();
     let status = resp.status().as_u16();
-    let route = match route {
-        Some(r) => {
-            r.metrics.request(status, elapsed.as_secs_f64());
-            &*r.name
-        }
-        None => {
-            snapshot
-                .metrics()
-                .request("", status, elapsed.as_secs_f64());
-            ""
-        }
+    match served.route {
+        Some(r) => r.metrics.request(status, head.as_secs_f64()),
+        None => snapshot.metrics().request("", status, head.as_secs_f64()),
+    }
+    let Some(log) = snapshot.access_log.as_ref().filter(|l| l.wants(status)) else {
+        return resp;
     };
-    if snapshot.access_log {
-        tracing::info!(
-            target: "wicket::access",
-            request_id = %id,
-            method = %parts.method,
-            path,
-            status,
-            route,
-            upstream,
-            endpoint = outcome.endpoint.as_deref().unwrap_or("-"),
-            upstream_us = outcome.latency_us,
-            attempts = outcome.attempts,
-            total_us = elapsed.as_micros() as u64,
-            generation = snapshot.generation,
-        );
+    let outcome = served.outcome;
+    let record = crate::telemetry::access_log::Record {
+        time: begun.time,
+        started: begun.started,
+        head_us: head.as_micros() as u64,
+        request_id: begun.id.clone(),
+        trace_id: begun.trace_id,
+        client: begun.client,
+        method: parts.method.clone(),
+        scheme: begun.scheme,
+        authority: served.authority.to_string(),
+        path: served.path.to_string(),
+        version: begun.version,
+        status,
+        route: served.route.map(|r| r.name.clone()),
+        upstream: served.upstream.map(str::to_string),
+        endpoint: outcome.endpoint.clone(),
+        attempts: outcome.attempts,
+        upstream_us: outcome.latency_us,
+        upstream_error: match outcome.result {
+            OutcomeResult::Error(kind) => Some(kind.label()),
+            _ => None,
+        },
+        error: served.error,
+        plugins: served.steps.unwrap_or_default(),
+        bytes_in: served.bytes_in,
+        generation: snapshot.generation,
+    };
+    let (head, body) = resp.into_parts();
+    let body = crate::telemetry::access_log::Logged::wrap(body, record, log.clone());
+    Response::from_parts(head, body)
+}
+
+/// What is known of a request from its first moment: its id, when it
+/// came, who sent it.
+struct Begun {
+    id: RequestId,
+    started: Instant,
+    time: std::time::SystemTime,
+    trace_id: Option<[u8; 32]>,
+    client: std::net::SocketAddr,
+    scheme: &'static str,
+    version: Version,
+}
+
+impl Begun {
+    fn new(snapshot: &Snapshot, parts: &http::request::Parts, conn: &Conn) -> Begun {
+        let headers = &parts.headers;
+        Begun {
+            id: RequestId::for_request(
+                headers,
+                &snapshot.request_id_header,
+                snapshot.accept_request_id,
+            ),
+            started: Instant::now(),
+            time: std::time::SystemTime::now(),
+            trace_id: snapshot
+                .access_log
+                .as_ref()
+                .and_then(|_| crate::telemetry::trace_id(headers)),
+            client: conn.client,
+            scheme: conn.scheme,
+            // Read before `prepare` sets the upstream's version.
+            version: parts.version,
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -36,10 +36,22 @@ pub struct Conn {
     pub hold: Option<crate::server::Hold>,
 }
 
-/// A request's id: in its log lines and in every error reply, so a client's
-/// report can be matched to the log.
+/// A request's id: in its log lines, in every error reply, upstream and back
+/// to the client, so a client's report can be matched to the log and a
+/// request followed across systems.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId([u8; 16]);
+pub struct RequestId(Repr);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repr {
+    /// Made here: 16 hex digits.
+    Made([u8; 16]),
+    /// The client's, checked by [`RequestId::inbound`].
+    Given(Box<str>),
+}
+
+/// Longest inbound id kept.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 impl RequestId {
     /// A new id: 16 hex digits, unique within the process and different
@@ -68,12 +80,50 @@ impl RequestId {
         for (i, b) in out.iter_mut().enumerate() {
             *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
         }
-        RequestId(out)
+        RequestId(Repr::Made(out))
+    }
+
+    /// The id in `name` of `headers`, when there is exactly one and it is
+    /// well-formed: 1–128 bytes of letters, digits and `-_.:+/=@` (UUIDs,
+    /// ULIDs, base64, other gateways' ids), nothing that could break a log
+    /// line or a header.
+    pub fn inbound(headers: &HeaderMap, name: &HeaderName) -> Option<RequestId> {
+        let mut values = headers.get_all(name).iter();
+        let v = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        let b = v.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID_BYTES
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c));
+        // Checked ASCII above, so this cannot fail.
+        ok.then(|| std::str::from_utf8(b).ok())
+            .flatten()
+            .map(|s| RequestId(Repr::Given(s.into())))
+    }
+
+    /// The client's id when `accept` and it is well-formed, else a new one.
+    pub fn for_request(headers: &HeaderMap, name: &HeaderName, accept: bool) -> RequestId {
+        accept
+            .then(|| RequestId::inbound(headers, name))
+            .flatten()
+            .unwrap_or_else(RequestId::next)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("-")
+        match &self.0 {
+            Repr::Made(b) => std::str::from_utf8(b).unwrap_or("-"),
+            Repr::Given(s) => s,
+        }
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        // Both forms are visible ASCII, which is always a valid value.
+        HeaderValue::from_str(self.as_str()).unwrap_or(HeaderValue::from_static("-"))
     }
 }
 
@@ -170,6 +220,8 @@ pub struct RequestBody {
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     verdict: Option<Arc<OnceLock<Refusal>>>,
+    /// Bytes read so far, for the access log; only when asked for.
+    read: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -194,7 +246,17 @@ impl RequestBody {
             idle,
             timer: None,
             verdict,
+            read: None,
         })
+    }
+
+    /// A counter of the bytes this body yields, for a body that has any
+    /// left to read (`None` for one already complete: 0 bytes).
+    pub fn count_read(&mut self) -> Option<Arc<AtomicU64>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        Some(self.read.get_or_insert_with(Default::default).clone())
     }
 
     /// The body to send upstream. A body of declared length streams; one of
@@ -291,6 +353,9 @@ impl http_body::Body for RequestBody {
                         return this.refuse(Refusal::BodyTooLarge(limit));
                     }
                     this.left -= n;
+                    if let Some(read) = &this.read {
+                        read.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
                 // Progress: the idle clock starts again.
                 if let Some(t) = &mut this.timer {

@@ -41,8 +41,12 @@ pub struct Snapshot {
     pub generation: u64,
     /// SHA-256 (hex) of the configuration text.
     pub digest: String,
-    /// Whether to log each request.
-    pub access_log: bool,
+    /// Where each request's line goes; `None`: not logged.
+    pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// The header that carries request ids.
+    pub request_id_header: http::HeaderName,
+    /// Whether a client's well-formed request id is kept.
+    pub accept_request_id: bool,
     /// Whether responses carry `x-wicket-generation`.
     pub expose_generation: bool,
     /// Quiet period before a file change is applied.
@@ -349,6 +353,18 @@ impl Snapshot {
 
         let admin_token =
             crate::config::validate_serving(&config, base, &mut errors).map(Arc::<str>::from);
+        let request_id_header = request_id_header(&config.request_id.header)
+            .map_err(|msg| errors.push(ConfigError::at("request_id.header", msg)))
+            .ok();
+        let access_log = crate::telemetry::access_log::AccessLog::build(
+            &config.access_log,
+            base,
+            previous.and_then(|p| p.access_log.as_deref()),
+            runtime.metrics(),
+        )
+        .map_err(|(at, msg)| errors.push(ConfigError::at(at, msg)))
+        .ok()
+        .flatten();
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -363,7 +379,9 @@ impl Snapshot {
             state,
             generation,
             digest: hex(&Sha256::digest(text.as_bytes())),
-            access_log: config.access_log,
+            access_log,
+            request_id_header: request_id_header.expect("no errors means the header was valid"),
+            accept_request_id: config.request_id.accept_inbound,
             expose_generation: config.expose_generation,
             watch_debounce_ms: config.watch_debounce_ms,
             module_paths: config
@@ -526,4 +544,38 @@ fn split_field(msg: &str) -> (String, String) {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request id header must be a header a client and an origin can carry
+/// end to end: a valid name, and none the gateway itself frames or
+/// rewrites.
+fn request_id_header(name: &str) -> Result<http::HeaderName, String> {
+    let h = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "cookie",
+        "set-cookie",
+        "authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "traceparent",
+        "tracestate",
+    ];
+    if RESERVED.contains(&h.as_str()) {
+        return Err(format!(
+            "{name:?} is a header the gateway frames or rewrites; use e.g. x-request-id"
+        ));
+    }
+    Ok(h)
 }

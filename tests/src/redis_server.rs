@@ -11,15 +11,23 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers `PING`.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new())
+    }
+
+    /// Starts one with `extra` settings (`--requirepass`, `--tls-port`, ...)
+    /// after the defaults; the cleartext port still answers readiness.
+    pub fn start_with(extra: Vec<String>) -> RedisServer {
         let mut r = RedisServer {
             child: None,
             port: crate::free_port(),
             dir: crate::scratch_dir("redis"),
+            extra,
         };
         r.spawn();
         r
@@ -32,6 +40,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -63,14 +72,16 @@ impl RedisServer {
     }
 
     /// One `PING` over a fresh connection: loading or not yet listening
-    /// answers something other than `+PONG`.
+    /// answers something other than `+PONG` (or, with a password, `-NOAUTH`).
     fn answers(&self) -> bool {
         let Ok(mut s) = std::net::TcpStream::connect(self.addr()) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
     }
 }
 

@@ -10,6 +10,7 @@ mod grpc;
 mod languages;
 mod limits;
 mod module_cache;
+mod observability;
 mod policy_auth;
 mod policy_chain;
 mod policy_limits;

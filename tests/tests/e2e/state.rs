@@ -1,7 +1,8 @@
 //! Plugin state on Redis: one conformance suite for both backends; two
 //! gateway processes enforcing one limit exactly; a breaker and an admin
 //! switch seen by every gateway; Redis stopped mid-load and restarted under
-//! each failure policy; a slow Redis cut by the plugin's deadline.
+//! each failure policy; a slow Redis cut by the plugin's deadline; Redis
+//! over mutual TLS with a password.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -9,14 +10,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wicket_tests::pki::{Ca, Validity};
 use wicket_tests::redis_server::RedisServer;
 use wicket_tests::wicket::state::{CasOutcome, Entry, SharedState, StateError};
 use wicket_tests::wicket::Clock;
-use wicket_tests::{backend, fill, scratch_dir, GatewayProcess, HttpClient, TestGateway};
+use wicket_tests::{
+    backend, fill, free_port, scratch_dir, GatewayProcess, HttpClient, TestGateway,
+};
 
-/// The keys the gateway wrote to this Redis, sorted.
-async fn keys(redis: &RedisServer) -> Vec<String> {
-    let client = redis::Client::open(redis.url()).unwrap();
+/// The keys the gateway wrote to the Redis at `url`, sorted.
+async fn keys(url: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -281,7 +285,7 @@ async fn both_backends_pass_the_same_conformance_suite() {
     .await;
     conformance(&s, "redis").await;
     assert!(s.is_empty(), "nothing went to memory");
-    let keys = keys(&redis).await;
+    let keys = keys(&redis.url()).await;
     assert!(keys.contains(&"conf:{p}:sum".to_string()), "{keys:?}");
     assert!(keys.contains(&"conf:{p}#version".to_string()), "{keys:?}");
     assert!(keys.contains(&"conf:{q}:n".to_string()), "{keys:?}");
@@ -571,7 +575,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
         assert_eq!(statuses(&c, &gw.url(path), 2).await, [200, 200], "{path}");
     }
     assert_eq!(
-        keys(&redis).await.len(),
+        keys(&redis.url()).await.len(),
         6,
         "three buckets and three version counters"
     );
@@ -638,7 +642,7 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
     let status = c.get(&gw.admin_url("/status"), &[]).await.json();
     assert_eq!(status["state"]["redis"]["fallback_entries"], 0, "{status}");
     assert_eq!(
-        keys(&redis).await.len(),
+        keys(&redis.url()).await.len(),
         4,
         "closed and local on Redis again"
     );
@@ -735,4 +739,110 @@ plugins:
         .to_string();
     assert!(err.contains("plugins.a.state.backend"), "{err}");
     assert!(err.contains("plugins.b.state.on_unavailable"), "{err}");
+}
+
+/// `rediss://` with a CA file, a client certificate and a password file: the
+/// limiter's state lives on a Redis that requires all three. A wrong password
+/// or a server the CA does not vouch for leaves the backend down, reported in
+/// `/status`, and the plugin takes its own error path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_mutual_tls_with_a_password() {
+    let dir = scratch_dir("redis-tls");
+    let ca = Ca::new("redis-ca");
+    let (cert, key) = ca
+        .server(&["127.0.0.1"], Validity::Current)
+        .write(&dir, "server");
+    let (client_cert, client_key) = ca.client("wicket", "wicket.test").write(&dir, "client");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let stranger = dir.join("stranger-ca.pem");
+    std::fs::write(&stranger, Ca::new("stranger").pem).unwrap();
+    std::fs::write(dir.join("password"), "s3cret-pass\n").unwrap();
+    std::fs::write(dir.join("wrong"), "not-it\n").unwrap();
+    let tls_port = free_port();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let redis = RedisServer::start_with(vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path(&cert),
+        "--tls-key-file".into(),
+        path(&key),
+        "--tls-ca-cert-file".into(),
+        path(&ca_file),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+        "--requirepass".into(),
+        "s3cret-pass".into(),
+    ]);
+    let b = backend("b").await;
+    let config = |password: &str, ca: &std::path::Path| {
+        fill(
+            &format!(
+                r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+state:
+  backend: redis
+  redis:
+    url: "rediss://127.0.0.1:{tls_port}/0"
+    password_file: "{password}"
+    tls: {{ ca_file: "{ca}", cert_file: "{cert}", key_file: "{key}" }}
+plugins:
+  limit: {{ module: "{{plugin:rate-limit}}" }}
+upstreams: {{ b: {{ endpoints: [{{ address: "{{backend:b}}" }}] }} }}
+routes:
+  - name: limited
+    match: {{ path: "/limited" }}
+    upstream: b
+    plugins: [{{ name: limit, config: {{ rate: 3, period_seconds: 86400, key: route, on_state_error: deny }} }}]
+"#,
+                password = path(&dir.join(password)),
+                ca = path(ca),
+                cert = path(&client_cert),
+                key = path(&client_key),
+            ),
+            &[("b", &b)],
+        )
+    };
+    let c = HttpClient::new();
+
+    let gw = TestGateway::start(&config("password", &ca_file)).await;
+    wait_for_health(&c, &gw, true).await;
+    assert_eq!(
+        statuses(&c, &gw.url("/limited"), 4).await,
+        [200, 200, 200, 429]
+    );
+    let on_redis = keys(&format!("redis://:s3cret-pass@{}/0", redis.addr())).await;
+    assert_eq!(
+        on_redis.len(),
+        2,
+        "the bucket and the version: {on_redis:?}"
+    );
+    assert!(
+        on_redis.iter().all(|k| k.starts_with("wicket:{limit}")),
+        "{on_redis:?}"
+    );
+    let status = c.get(&gw.admin_url("/status"), &[]).await.json();
+    assert_eq!(
+        status["state"]["redis"]["url"],
+        format!("rediss://127.0.0.1:{tls_port}/0"),
+        "{status}"
+    );
+
+    for (password, ca) in [("wrong", &ca_file), ("password", &stranger)] {
+        let gw = TestGateway::start(&config(password, ca)).await;
+        let status = c.get(&gw.admin_url("/status"), &[]).await.json();
+        assert_eq!(
+            status["state"]["redis"]["up"], false,
+            "{password}: {status}"
+        );
+        assert!(
+            status["state"]["redis"]["last_error"].is_string(),
+            "{password}: {status}"
+        );
+        let r = c.get(&gw.url("/limited"), &[]).await;
+        assert_eq!(r.status, 503, "{password}");
+        assert_eq!(r.json()["error"], "rate_limit_unavailable", "{password}");
+    }
 }
