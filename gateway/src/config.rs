@@ -1622,7 +1622,19 @@ routes:
         let cfg = parse(MINIMAL).unwrap();
         assert_eq!(cfg.routes[0].name, "r");
         assert_eq!(cfg.upstreams["b"].balance, Balance::RoundRobin);
-        assert!(cfg.access_log);
+        assert!(cfg.access_log.enabled);
+        assert_eq!(cfg.access_log.format, AccessLogFormat::Text);
+        assert_eq!(cfg.request_id.header, "x-request-id");
+        let off = parse(&format!("{MINIMAL}access_log: false\n")).unwrap();
+        assert!(!off.access_log.enabled);
+        let json = parse(&format!(
+            "{MINIMAL}access_log: {{ format: json, sample_success: 0.5 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(json.access_log.format, AccessLogFormat::Json);
+        assert_eq!(json.access_log.sample_success, 0.5);
+        let err = parse(&format!("{MINIMAL}access_log: {{ colour: red }}\n")).unwrap_err();
+        assert_eq!(err.location, "access_log.colour", "{err}");
     }
 
     #[test]

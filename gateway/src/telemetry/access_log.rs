@@ -77,7 +77,7 @@ impl AccessLog {
             })?,
         };
         let sample_below =
-            (cfg.sample_success < 1.0).then(|| (cfg.sample_success * u64::MAX as f64) as u64);
+            (cfg.sample_success < 1.0).then_some((cfg.sample_success * u64::MAX as f64) as u64);
         Ok(Some(Arc::new(AccessLog {
             sink,
             format: cfg.format,
