@@ -15,6 +15,7 @@ use crate::plugin::{
 };
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::access_log::Step;
+use crate::telemetry::hooks::Hook;
 use crate::upstream::Upstream;
 
 /// Where the request stands after the `on-request` pass.
@@ -70,17 +71,19 @@ pub async fn on_request(
             continue;
         }
         let mut context = Context::default();
-        let began = pass.steps.is_some().then(std::time::Instant::now);
+        let began = std::time::Instant::now();
         let result = pool
             .on_request(parts, info, &pass.upstream, &mut context)
             .await;
-        if let (Some(steps), Some(began)) = (&mut pass.steps, began) {
-            let (decision, failure) = match &result {
-                Ok(RequestDecision::Continue(_)) => ("continue", None),
-                Ok(RequestDecision::Respond(_)) => ("respond", None),
-                Err(e) => (failed(pool), Some(e.kind())),
-            };
-            steps.push(step(pool, "on-request", decision, failure, began));
+        let (decision, failure) = match &result {
+            Ok(RequestDecision::Continue(_)) => ("continue", None),
+            Ok(RequestDecision::Respond(_)) => ("respond", None),
+            Err(e) => (failed(pool), Some(e.kind())),
+        };
+        let took = began.elapsed();
+        pool.stats().record(Hook::Request, took, failure);
+        if let Some(steps) = &mut pass.steps {
+            steps.push(step(pool, "on-request", decision, failure, took));
         }
         if !context.is_empty() {
             pass.contexts.push((i, context));
@@ -167,7 +170,7 @@ pub async fn on_response(
             None => Context::default(),
         };
         let (mut head, body) = resp.into_parts();
-        let began = pass.steps.is_some().then(std::time::Instant::now);
+        let began = std::time::Instant::now();
         let result = pool
             .on_response(
                 parts,
@@ -178,13 +181,15 @@ pub async fn on_response(
                 &mut context,
             )
             .await;
-        if let (Some(steps), Some(began)) = (&mut pass.steps, began) {
-            let (decision, failure) = match &result {
-                Ok(ResponseDecision::Continue(_)) => ("continue", None),
-                Ok(ResponseDecision::Replace(_)) => ("replace", None),
-                Err(e) => (failed(pool), Some(e.kind())),
-            };
-            steps.push(step(pool, "on-response", decision, failure, began));
+        let (decision, failure) = match &result {
+            Ok(ResponseDecision::Continue(_)) => ("continue", None),
+            Ok(ResponseDecision::Replace(_)) => ("replace", None),
+            Err(e) => (failed(pool), Some(e.kind())),
+        };
+        let took = began.elapsed();
+        pool.stats().record(Hook::Response, took, failure);
+        if let Some(steps) = &mut pass.steps {
+            steps.push(step(pool, "on-response", decision, failure, took));
         }
         resp = http::Response::from_parts(head, body);
         match result {
@@ -225,14 +230,14 @@ fn step(
     hook: &'static str,
     decision: &'static str,
     failure: Option<&'static str>,
-    began: std::time::Instant,
+    took: std::time::Duration,
 ) -> Step {
     Step {
         pool: pool.clone(),
         hook,
         decision,
         failure,
-        us: began.elapsed().as_micros() as u64,
+        us: took.as_micros() as u64,
     }
 }
 

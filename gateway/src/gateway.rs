@@ -124,6 +124,18 @@ impl Shared {
             }
             Err(errors) => {
                 self.runtime.metrics().reload("error");
+                self.runtime
+                    .metrics()
+                    .recent_errors
+                    .push(crate::telemetry::recent::RecentError {
+                        time: crate::telemetry::access_log::rfc3339(std::time::SystemTime::now()),
+                        source: "reload",
+                        request_id: None,
+                        route: None,
+                        status: None,
+                        code: "config_rejected".into(),
+                        message: errors.to_string(),
+                    });
                 tracing::error!(errors = %errors, "configuration rejected; keeping generation {}", current.generation);
                 self.status
                     .lock()

@@ -58,6 +58,8 @@ pub struct Metrics {
     state_operations: Family<Labels, Counter>,
     state_duration: HistogramFamily,
     access_log_lines: Family<Labels, Counter>,
+    /// The last errors, for the admin page.
+    pub recent_errors: crate::telemetry::recent::RecentErrors,
 }
 
 /// Handles to one state backend's series, taken once so a state call
@@ -200,6 +202,7 @@ impl Metrics {
             access_log_lines.clone(),
         );
         Metrics {
+            recent_errors: Default::default(),
             access_log_lines,
             state_up,
             state_transitions,

@@ -581,6 +581,24 @@ fn record(
         Some(r) => r.metrics.request(status, head.as_secs_f64()),
         None => snapshot.metrics().request("", status, head.as_secs_f64()),
     }
+    if let Some(code) = served.error.filter(|_| status >= 500) {
+        snapshot
+            .metrics()
+            .recent_errors
+            .push(crate::telemetry::recent::RecentError {
+                time: crate::telemetry::access_log::rfc3339(begun.time),
+                source: "request",
+                request_id: Some(begun.id.as_str().to_string()),
+                route: served.route.map(|r| r.name.to_string()),
+                status: Some(status),
+                code: code.to_string(),
+                message: resp
+                    .extensions()
+                    .get::<crate::grpc::ErrorMessage>()
+                    .map(|m| m.0.clone())
+                    .unwrap_or_default(),
+            });
+    }
     let Some(log) = snapshot.access_log.as_ref().filter(|l| l.wants(status)) else {
         return resp;
     };

@@ -32,6 +32,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// WebSocket upgrades allowed, with this tunnel idle timeout.
     pub websocket: Option<std::time::Duration>,
+    /// What it matches, as configured.
+    pub matcher: crate::config::MatchConfig,
 }
 
 /// An immutable, validated configuration.
@@ -317,6 +319,7 @@ impl Snapshot {
                     name: Arc::from(r.name.as_str()),
                     upstream: up.clone(),
                     chain,
+                    matcher: r.matcher.clone(),
                     metrics: runtime.metrics().route(&r.name),
                     max_body_bytes: r.max_body_bytes,
                     websocket: r
@@ -519,6 +522,68 @@ impl Snapshot {
     /// Number of routes.
     pub fn route_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Routes with their chains, and plugins with their pools and calls, for
+    /// the admin page (`/api/overview`).
+    pub fn overview(&self) -> (serde_json::Value, serde_json::Value) {
+        use crate::telemetry::hooks::{Hook, HookSummary};
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": &*r.name,
+                    "host": r.matcher.host,
+                    "path": r.matcher.path,
+                    "methods": r.matcher.methods,
+                    "upstream": r.upstream.name(),
+                    "plugins": r.chain.iter().map(|p| p.plugin().name()).collect::<Vec<_>>(),
+                    "websocket": r.websocket.is_some(),
+                })
+            })
+            .collect();
+        let mut names: Vec<&String> = self.plugins.keys().collect();
+        names.sort();
+        let plugins: Vec<serde_json::Value> = names
+            .into_iter()
+            .map(|name| {
+                let plugin = &self.plugins[name];
+                let pools: Vec<&Arc<Pool>> = self
+                    .pools
+                    .iter()
+                    .filter(|((p, _), _)| p == name)
+                    .map(|(_, pool)| pool)
+                    .collect();
+                let summary = |hook| {
+                    let mut sum = HookSummary::default();
+                    for pool in &pools {
+                        pool.stats().add_to(hook, &mut sum);
+                    }
+                    sum.finish()
+                };
+                let settings = plugin.settings();
+                serde_json::json!({
+                    "name": name,
+                    "module": settings.module,
+                    "language": format!("{:?}", plugin.language()).to_lowercase(),
+                    "failure": match plugin.failure_policy() {
+                        crate::config::FailurePolicy::FailOpen => "fail-open",
+                        crate::config::FailurePolicy::FailClosed => "fail-closed",
+                    },
+                    "deadline_ms": settings.limits.deadline_ms,
+                    "pools": pools.len(),
+                    "instances_per_pool": plugin.instances_limit(),
+                    "idle_instances": pools.iter().map(|p| p.idle_instances()).sum::<usize>(),
+                    "on_request": summary(Hook::Request),
+                    "on_response": summary(Hook::Response),
+                })
+            })
+            .collect();
+        (
+            serde_json::Value::from(routes),
+            serde_json::Value::from(plugins),
+        )
     }
 }
 

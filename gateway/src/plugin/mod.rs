@@ -455,6 +455,16 @@ impl Plugin {
         self.failure
     }
 
+    /// Its settings as configured.
+    pub fn settings(&self) -> &PluginConfig {
+        &self.config
+    }
+
+    /// Most live instances per pool.
+    pub fn instances_limit(&self) -> u32 {
+        self.limits.instances
+    }
+
     /// Create a pool for one route's configuration of this plugin, and prove
     /// the configuration by initialising its first instance. `upstreams` are
     /// the configuration's upstream names, which `init` may check against.
@@ -470,6 +480,7 @@ impl Plugin {
             hooks: Hooks::default(),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(self.limits.instances as usize)),
+            stats: Default::default(),
         };
         let (first, hooks) = pool.fresh_instance().await?;
         first.store.data().limiter.check_headroom()?;
@@ -653,6 +664,8 @@ pub struct Pool {
     idle: Mutex<Vec<Instance>>,
     /// Bounds live instances (idle + in use) to `limits.instances`.
     permits: Arc<Semaphore>,
+    /// Its hook calls, counted for the admin page.
+    stats: crate::telemetry::hooks::HookStats,
 }
 
 impl std::fmt::Debug for Pool {
@@ -724,6 +737,16 @@ impl Pool {
     /// The upstream names its instances were initialised with.
     pub fn upstreams(&self) -> &[String] {
         &self.upstreams
+    }
+
+    /// Its hook calls so far.
+    pub fn stats(&self) -> &crate::telemetry::hooks::HookStats {
+        &self.stats
+    }
+
+    /// Instances initialised and waiting for a request.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn put(&self, instance: Instance) {

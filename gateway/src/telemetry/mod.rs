@@ -2,6 +2,8 @@
 //! the trace context it reads from clients.
 
 pub mod access_log;
+pub mod hooks;
+pub mod recent;
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), when
 /// the client sent one that is well-formed: so a log line can be joined with

@@ -2,6 +2,7 @@
 //! on `127.0.0.1:0` with real compiled plugins and echo backends. One binary
 //! links once instead of once per file.
 
+mod admin_page;
 mod admin_state;
 mod cancellation;
 mod config;

@@ -1,11 +1,12 @@
 //! The admin listener: `GET /metrics` (Prometheus), `GET /status` (the applied
 //! generation and the last reload error), `POST /reload`,
 //! `GET`/`PUT`/`DELETE /plugins/{plugin}/state/{key}` (a plugin's shared
-//! state, e.g. the manual switch of `degradation`), and `GET /livez`.
+//! state, e.g. the manual switch of `degradation`), `GET /livez`, and a
+//! read-only page at `GET /` over `GET /api/overview`.
 //!
 //! It runs on the same accept loop as client listeners (its own caps and
 //! timeouts), so a flood of client traffic cannot starve it of connections.
-//! Every endpoint but `/livez` requires the bearer token when one is
+//! Every endpoint but `/livez` and the page's files requires the bearer token when one is
 //! configured (required beyond loopback), and every request's `Host` and
 //! `Origin` must name this listener, loopback or an allowed host, so a page
 //! in a browser cannot reach it through DNS rebinding.
@@ -23,6 +24,8 @@ use crate::body::{self, Body};
 use crate::error::{json_error, json_response};
 use crate::gateway::Shared;
 use crate::request::Conn;
+
+mod page;
 
 /// Largest value the admin API writes into plugin state: switches and
 /// flags, not bulk data.
@@ -84,6 +87,14 @@ impl AdminHandler {
             .unwrap_or(&[]);
         if let Err(why) = self.check_origin(&req, allowed) {
             return json_error(StatusCode::FORBIDDEN, "host_not_allowed", why);
+        }
+        // The page's files hold no data (it reads `/api/overview`, which
+        // needs the token): a browser cannot send a bearer token when it
+        // navigates, so they are served without one, and the page asks.
+        if req.method() == Method::GET {
+            if let Some(asset) = page::Asset::at(req.uri().path()) {
+                return page::asset(asset);
+            }
         }
         if let Some(token) = &snapshot.admin_token {
             if !bearer_matches(&req, token) {
@@ -165,7 +176,7 @@ fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
 }
 
 const ENDPOINTS: &str =
-    "GET /livez, GET /metrics, GET /status, POST /reload, GET|PUT|DELETE /plugins/{plugin}/state/{key}";
+    "GET / (the admin page), GET /api/overview, GET /livez, GET /metrics, GET /status, POST /reload, GET|PUT|DELETE /plugins/{plugin}/state/{key}";
 
 async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Response<Body> {
     if let Some(rest) = req.uri().path().strip_prefix("/plugins/") {
@@ -198,6 +209,27 @@ async fn handle(shared: &Shared, guard: &Guard, req: Request<Incoming>) -> Respo
                 "state": shared.runtime().state().status(),
                 "reloads_ok": shared.runtime().metrics().reload_count("ok"),
                 "reloads_failed": shared.runtime().metrics().reload_count("error"),
+            });
+            json_response(StatusCode::OK, json.to_string())
+        }
+        (&Method::GET, "/api/overview") => {
+            let snap = shared.current();
+            let status = shared.status();
+            let (routes, plugins) = snap.overview();
+            let metrics = shared.runtime().metrics();
+            let json = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "generation": snap.generation,
+                "applied_at_ms": status.applied_at_ms,
+                "config_digest": snap.digest,
+                "last_reload_error": status.last_error,
+                "reloads_ok": metrics.reload_count("ok"),
+                "reloads_failed": metrics.reload_count("error"),
+                "routes": routes,
+                "plugins": plugins,
+                "upstreams": snap.upstream_statuses(),
+                "state": shared.runtime().state().status(),
+                "recent_errors": metrics.recent_errors.list(),
             });
             json_response(StatusCode::OK, json.to_string())
         }
