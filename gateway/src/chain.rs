@@ -75,16 +75,11 @@ pub async fn on_request(
         let result = pool
             .on_request(parts, info, &pass.upstream, &mut context)
             .await;
-        let (decision, failure) = match &result {
-            Ok(RequestDecision::Continue(_)) => ("continue", None),
-            Ok(RequestDecision::Respond(_)) => ("respond", None),
-            Err(e) => (failed(pool), Some(e.kind())),
-        };
-        let took = began.elapsed();
-        pool.stats().record(Hook::Request, took, failure);
-        if let Some(steps) = &mut pass.steps {
-            steps.push(step(pool, "on-request", decision, failure, took));
-        }
+        let decided = result.as_ref().map(|d| match d {
+            RequestDecision::Continue(_) => "continue",
+            RequestDecision::Respond(_) => "respond",
+        });
+        note(&mut pass.steps, pool, Hook::Request, decided, began);
         if !context.is_empty() {
             pass.contexts.push((i, context));
         }
@@ -181,16 +176,11 @@ pub async fn on_response(
                 &mut context,
             )
             .await;
-        let (decision, failure) = match &result {
-            Ok(ResponseDecision::Continue(_)) => ("continue", None),
-            Ok(ResponseDecision::Replace(_)) => ("replace", None),
-            Err(e) => (failed(pool), Some(e.kind())),
-        };
-        let took = began.elapsed();
-        pool.stats().record(Hook::Response, took, failure);
-        if let Some(steps) = &mut pass.steps {
-            steps.push(step(pool, "on-response", decision, failure, took));
-        }
+        let decided = result.as_ref().map(|d| match d {
+            ResponseDecision::Continue(_) => "continue",
+            ResponseDecision::Replace(_) => "replace",
+        });
+        note(&mut pass.steps, pool, Hook::Response, decided, began);
         resp = http::Response::from_parts(head, body);
         match result {
             Ok(ResponseDecision::Continue(patch)) => {
@@ -217,27 +207,33 @@ pub async fn on_response(
     resp
 }
 
-/// A failed hook's decision: what its failure policy made of it.
-fn failed(pool: &Pool) -> &'static str {
-    match pool.plugin().failure_policy() {
-        FailurePolicy::FailOpen => "skipped",
-        FailurePolicy::FailClosed => "refused",
-    }
-}
-
-fn step(
+/// Count one hook call on its pool (for the admin page) and, when the
+/// access log is on, keep what it decided for the request's line. A failed
+/// call's decision is what its failure policy made of it.
+fn note(
+    steps: &mut Option<Vec<Step>>,
     pool: &Arc<Pool>,
-    hook: &'static str,
-    decision: &'static str,
-    failure: Option<&'static str>,
-    took: std::time::Duration,
-) -> Step {
-    Step {
-        pool: pool.clone(),
-        hook,
-        decision,
-        failure,
-        us: took.as_micros() as u64,
+    hook: Hook,
+    decided: Result<&'static str, &crate::plugin::PluginError>,
+    began: std::time::Instant,
+) {
+    let took = began.elapsed();
+    let (decision, failure) = match decided {
+        Ok(decision) => (decision, None),
+        Err(e) => match pool.plugin().failure_policy() {
+            FailurePolicy::FailOpen => ("skipped", Some(e.kind())),
+            FailurePolicy::FailClosed => ("refused", Some(e.kind())),
+        },
+    };
+    pool.stats().record(hook, took, failure);
+    if let Some(steps) = steps {
+        steps.push(Step {
+            pool: pool.clone(),
+            hook: hook.name(),
+            decision,
+            failure,
+            us: took.as_micros() as u64,
+        });
     }
 }
 

@@ -78,7 +78,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     prepare_request(&mut parts, &conn, &authority);
     parts
         .headers
-        .insert(snapshot.request_id_header.clone(), begun.id.header_value());
+        .insert(snapshot.request_id_header.clone(), begun.id_value.clone());
     if upgrade.is_some() {
         keep_upgrade_headers(&mut parts.headers);
     }
@@ -574,7 +574,7 @@ fn record(
     begun: &Begun,
 ) -> Response<Body> {
     resp.headers_mut()
-        .insert(snapshot.request_id_header.clone(), begun.id.header_value());
+        .insert(snapshot.request_id_header.clone(), begun.id_value.clone());
     let head = begun.started.elapsed();
     let status = resp.status().as_u16();
     match served.route {
@@ -639,6 +639,8 @@ fn record(
 /// came, who sent it.
 struct Begun {
     id: RequestId,
+    /// `id` as a header value, made once for the upstream and the answer.
+    id_value: HeaderValue,
     started: Instant,
     time: std::time::SystemTime,
     trace_id: Option<[u8; 32]>,
@@ -650,12 +652,14 @@ struct Begun {
 impl Begun {
     fn new(snapshot: &Snapshot, parts: &http::request::Parts, conn: &Conn) -> Begun {
         let headers = &parts.headers;
+        let id = RequestId::for_request(
+            headers,
+            &snapshot.request_id_header,
+            snapshot.accept_request_id,
+        );
         Begun {
-            id: RequestId::for_request(
-                headers,
-                &snapshot.request_id_header,
-                snapshot.accept_request_id,
-            ),
+            id_value: id.header_value(),
+            id,
             started: Instant::now(),
             time: std::time::SystemTime::now(),
             trace_id: snapshot

@@ -485,11 +485,13 @@ struct JsonStep<'a> {
 
 fn json_line(out: &mut Vec<u8>, r: &Record, end: &End) {
     let time = rfc3339(r.time);
-    let trace = r.trace_id.map(|t| t.to_vec());
     let line = JsonLine {
         time: &time,
         request_id: r.request_id.as_str(),
-        trace_id: trace.as_deref().and_then(|t| std::str::from_utf8(t).ok()),
+        trace_id: r
+            .trace_id
+            .as_ref()
+            .and_then(|t| std::str::from_utf8(t).ok()),
         client_ip: r.client.ip().to_string(),
         client_port: r.client.port(),
         method: r.method.as_str(),

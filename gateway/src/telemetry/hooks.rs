@@ -29,6 +29,16 @@ pub enum Hook {
     Response = 1,
 }
 
+impl Hook {
+    /// The contract's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Request => "on-request",
+            Hook::Response => "on-response",
+        }
+    }
+}
+
 /// One pool's hook calls.
 #[derive(Debug, Default)]
 pub struct HookStats {
