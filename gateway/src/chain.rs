@@ -16,6 +16,7 @@ use crate::plugin::{
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::access_log::Step;
 use crate::telemetry::hooks::Hook;
+use crate::telemetry::trace::{HookCall, RequestTrace};
 use crate::upstream::Upstream;
 
 /// Where the request stands after the `on-request` pass.
@@ -55,6 +56,7 @@ pub async fn on_request(
     route: &Route,
     parts: &mut http::request::Parts,
     info: &Arc<RequestInfo>,
+    trace: Option<&RequestTrace>,
 ) -> RequestPass {
     let mut pass = RequestPass {
         continued: Vec::with_capacity(route.chain.len()),
@@ -79,7 +81,7 @@ pub async fn on_request(
             RequestDecision::Continue(_) => "continue",
             RequestDecision::Respond(_) => "respond",
         });
-        note(&mut pass.steps, pool, Hook::Request, decided, began);
+        note(&mut pass.steps, trace, pool, Hook::Request, decided, began);
         if !context.is_empty() {
             pass.contexts.push((i, context));
         }
@@ -154,6 +156,7 @@ pub async fn on_response(
     info: &Arc<RequestInfo>,
     outcome: &UpstreamOutcome,
     mut resp: http::Response<Body>,
+    trace: Option<&RequestTrace>,
 ) -> http::Response<Body> {
     for &i in pass.continued.iter().rev() {
         let pool = &route.chain[i];
@@ -180,7 +183,7 @@ pub async fn on_response(
             ResponseDecision::Continue(_) => "continue",
             ResponseDecision::Replace(_) => "replace",
         });
-        note(&mut pass.steps, pool, Hook::Response, decided, began);
+        note(&mut pass.steps, trace, pool, Hook::Response, decided, began);
         resp = http::Response::from_parts(head, body);
         match result {
             Ok(ResponseDecision::Continue(patch)) => {
@@ -207,11 +210,13 @@ pub async fn on_response(
     resp
 }
 
-/// Count one hook call on its pool (for the admin page) and, when the
-/// access log is on, keep what it decided for the request's line. A failed
-/// call's decision is what its failure policy made of it.
+/// Count one hook call on its pool (for the admin page); when the access
+/// log is on, keep what it decided for the request's line; when the request
+/// is traced, make its span. A failed call's decision is what its failure
+/// policy made of it.
 fn note(
     steps: &mut Option<Vec<Step>>,
+    trace: Option<&RequestTrace>,
     pool: &Arc<Pool>,
     hook: Hook,
     decided: Result<&'static str, &crate::plugin::PluginError>,
@@ -226,6 +231,16 @@ fn note(
         },
     };
     pool.stats().record(hook, took, failure);
+    if let Some(trace) = trace {
+        let call = HookCall {
+            plugin: pool.plugin().name(),
+            hook: hook.name(),
+            decision,
+            failure,
+            took,
+        };
+        trace.hook(call, Vec::new());
+    }
     if let Some(steps) = steps {
         steps.push(Step {
             pool: pool.clone(),

@@ -30,6 +30,9 @@ pub struct Config {
     /// How each request is named in logs, error replies and upstream calls.
     #[serde(default)]
     pub request_id: RequestIdConfig,
+    /// Traces of every request, exported over OTLP/HTTP. Off when absent.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// Add `x-wicket-generation: <n>` to every response, naming the
     /// configuration generation that served it.
     #[serde(default)]
@@ -175,6 +178,76 @@ impl Default for RequestIdConfig {
 
 fn default_request_id_header() -> String {
     "x-request-id".into()
+}
+
+/// Traces: a span per request, per plugin hook call and per upstream call,
+/// batched off the request path and exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where spans go.
+    pub otlp: OtlpConfig,
+    /// Share of new traces recorded, 0 to 1 (by trace id, so every gateway
+    /// keeps the same traces).
+    #[serde(default = "one")]
+    pub sampling_ratio: f64,
+    /// Follow the caller's decision when a `traceparent` carries one: a
+    /// sampled parent is recorded, an unsampled one is not, whatever the
+    /// ratio. When false, the ratio decides for every request.
+    #[serde(default = "yes")]
+    pub parent_based: bool,
+    /// `service.name` of the resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment`, `host.name`, …).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Finished spans waiting to be exported; past this, new ones are
+    /// dropped (and counted) rather than held.
+    #[serde(default = "default_trace_queue")]
+    pub max_queue_spans: usize,
+    /// Spans per export request.
+    #[serde(default = "default_trace_batch")]
+    pub max_batch_spans: usize,
+    /// How long a partial batch may wait before it is sent, in ms.
+    #[serde(default = "default_trace_flush_ms")]
+    pub flush_interval_ms: u64,
+}
+
+/// The OTLP/HTTP collector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The full URL spans are POSTed to, e.g.
+    /// `http://127.0.0.1:4318/v1/traces` (plain HTTP: a collector beside
+    /// the gateway).
+    pub endpoint: String,
+    /// How long one export request may take, in ms.
+    #[serde(default = "default_otlp_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Headers sent with every export request (an API key, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_service_name() -> String {
+    "wicket".into()
+}
+
+fn default_trace_queue() -> usize {
+    8192
+}
+
+fn default_trace_batch() -> usize {
+    512
+}
+
+fn default_trace_flush_ms() -> u64 {
+    1000
+}
+
+fn default_otlp_timeout_ms() -> u64 {
+    5000
 }
 
 /// The quiet period when the configuration sets none; also how far apart

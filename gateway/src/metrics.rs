@@ -58,6 +58,7 @@ pub struct Metrics {
     state_operations: Family<Labels, Counter>,
     state_duration: HistogramFamily,
     access_log_lines: Family<Labels, Counter>,
+    trace_spans: Family<Labels, Counter>,
     /// The last errors, for the admin page.
     pub recent_errors: crate::telemetry::recent::RecentErrors,
 }
@@ -201,9 +202,16 @@ impl Metrics {
             "Access log lines, by result (written, dropped: the writer's queue was full, failed: the write failed)",
             access_log_lines.clone(),
         );
+        let trace_spans = Family::<Labels, Counter>::default();
+        registry.register(
+            "trace_spans",
+            "Finished spans of sampled requests, by result (exported, dropped: the export queue was full, failed: the collector refused them or did not answer in time)",
+            trace_spans.clone(),
+        );
         Metrics {
             recent_errors: Default::default(),
             access_log_lines,
+            trace_spans,
             state_up,
             state_transitions,
             state_operations,
@@ -358,6 +366,20 @@ impl Metrics {
             written: line("written"),
             dropped: line("dropped"),
             failed: line("failed"),
+        }
+    }
+
+    /// The trace exporter's series.
+    pub fn span_counters(&self) -> crate::telemetry::trace::SpanCounters {
+        let result = |result: &str| {
+            self.trace_spans
+                .get_or_create(&vec![("result".to_string(), result.to_string())])
+                .clone()
+        };
+        crate::telemetry::trace::SpanCounters {
+            exported: result("exported"),
+            dropped: result("dropped"),
+            failed: result("failed"),
         }
     }
 

@@ -47,6 +47,9 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         Ok(a) => a,
         Err(e) => return finish_early(&snapshot, e.into(), &parts, body, "", &begun),
     };
+    if let Some(trace) = &begun.trace {
+        trace.request(authority.as_str(), parts.uri.path(), parts.version, &conn);
+    }
     if let Some(port) = listener.redirect_https {
         return redirect_https(&snapshot, &authority, port, &parts, body, &begun);
     }
@@ -70,6 +73,9 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
             )
         }
     };
+    if let Some(trace) = &begun.trace {
+        trace.routed(&parts.method, &route.name, begun.id.as_str());
+    }
     let bytes_in = snapshot.access_log.as_ref().and_then(|_| body.count_read());
     let authority = authority.into_string();
     // A WebSocket upgrade the route allows keeps the client's side of the
@@ -94,7 +100,8 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         tls: conn.tls.clone(),
     });
     // 4. Plugins, on-request, in chain order.
-    let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+    let trace = begun.trace.as_ref();
+    let mut pass = chain::on_request(&snapshot, route, &mut parts, &info, trace).await;
     // 5. Upstream, unless a plugin already answered.
     let (outcome, resp) = match pass.short_circuit.take() {
         Some(resp) => (skipped(), resp),
@@ -116,11 +123,18 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
                 headers.remove(header::UPGRADE);
                 headers.remove(header::CONNECTION);
             }
-            call_upstream(&pass.upstream, &parts, headers, body, &info, exchange).await
+            let span = trace.map(|t| t.upstream(pass.upstream.name(), &mut headers));
+            let called =
+                call_upstream(&pass.upstream, &parts, headers, body, &info, exchange).await;
+            if let Some(span) = span {
+                span.end(&called.0);
+            }
+            called
         }
     };
     // 6. Plugins, on-response, in reverse order.
-    let mut resp = chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await;
+    let mut resp =
+        chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp, trace).await;
     // 7. Finish: plugins' response headers, hop-by-hop headers out; on the
     //    upstream's 101, the tunnel opens.
     finish_response(&snapshot, &mut resp, pass.response_headers);
@@ -599,6 +613,14 @@ fn record(
                     .unwrap_or_default(),
             });
     }
+    if let Some(trace) = begun.trace.as_ref().filter(|t| t.recording()) {
+        trace.answered(status, served.upstream, served.outcome, served.error);
+        let (head, body) = resp.into_parts();
+        resp = Response::from_parts(
+            head,
+            crate::telemetry::trace::Traced::wrap(body, trace.clone()),
+        );
+    }
     let Some(log) = snapshot.access_log.as_ref().filter(|l| l.wants(status)) else {
         return resp;
     };
@@ -643,6 +665,10 @@ struct Begun {
     id_value: HeaderValue,
     started: Instant,
     time: std::time::SystemTime,
+    /// Its server span, when tracing is on.
+    trace: Option<crate::telemetry::trace::RequestTrace>,
+    /// For the access log: the trace's id, or the caller's when the
+    /// request is not traced.
     trace_id: Option<[u8; 32]>,
     client: std::net::SocketAddr,
     scheme: &'static str,
@@ -657,15 +683,22 @@ impl Begun {
             &snapshot.request_id_header,
             snapshot.accept_request_id,
         );
+        let time = std::time::SystemTime::now();
+        let trace = snapshot
+            .tracing
+            .as_ref()
+            .map(|t| t.start(headers, &parts.method, time));
+        let trace_id = snapshot.access_log.as_ref().and_then(|_| match &trace {
+            Some(t) => Some(t.trace_id()),
+            None => crate::telemetry::trace_id(headers),
+        });
         Begun {
             id_value: id.header_value(),
             id,
             started: Instant::now(),
-            time: std::time::SystemTime::now(),
-            trace_id: snapshot
-                .access_log
-                .as_ref()
-                .and_then(|_| crate::telemetry::trace_id(headers)),
+            time,
+            trace,
+            trace_id,
             client: conn.client,
             scheme: conn.scheme,
             // Read before `prepare` sets the upstream's version.

@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub digest: String,
     /// Where each request's line goes; `None`: not logged.
     pub access_log: Option<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// Where each request's spans go; `None`: not traced.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
     /// The header that carries request ids.
     pub request_id_header: http::HeaderName,
     /// Whether a client's well-formed request id is kept.
@@ -368,6 +370,14 @@ impl Snapshot {
         .map_err(|(at, msg)| errors.push(ConfigError::at(at, msg)))
         .ok()
         .flatten();
+        let tracing = crate::telemetry::trace::Tracing::build(
+            config.tracing.as_ref(),
+            previous.and_then(|p| p.tracing.as_ref()),
+            runtime.metrics().span_counters(),
+        )
+        .map_err(|(at, msg)| errors.push(ConfigError::at(at, msg)))
+        .ok()
+        .flatten();
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -383,6 +393,7 @@ impl Snapshot {
             generation,
             digest: hex(&Sha256::digest(text.as_bytes())),
             access_log,
+            tracing,
             request_id_header: request_id_header.expect("no errors means the header was valid"),
             accept_request_id: config.request_id.accept_inbound,
             expose_generation: config.expose_generation,

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub use wicket;
 
+pub mod otlp;
 pub mod pki;
 pub mod redis_server;
 

@@ -1,9 +1,10 @@
 //! What the gateway tells operators about each request: the access log, and
-//! the trace context it reads from clients.
+//! the trace context it reads from clients, the traces it exports.
 
 pub mod access_log;
 pub mod hooks;
 pub mod recent;
+pub mod trace;
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), when
 /// the client sent one that is well-formed: so a log line can be joined with

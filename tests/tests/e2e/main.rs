@@ -22,6 +22,7 @@ mod reload;
 mod serve;
 mod state;
 mod tls;
+mod traces;
 mod trust;
 mod upstreams;
 mod websocket;
