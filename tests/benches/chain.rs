@@ -205,14 +205,16 @@ fn chains(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(kind, n), |b| {
                 b.to_async(&rt).iter(|| async {
                     let mut parts = head.clone();
-                    let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+                    let mut pass =
+                        chain::on_request(&snapshot, route, &mut parts, &info, None).await;
                     assert!(pass.short_circuit.is_none(), "no-op plugins continue");
                     let mut resp = http::Response::new(wicket::body::empty());
                     resp.headers_mut().insert(
                         HeaderName::from_static("content-type"),
                         HeaderValue::from_static("application/json"),
                     );
-                    chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await
+                    chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp, None)
+                        .await
                 });
             });
         }
@@ -283,13 +285,13 @@ fn policies(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
                 let mut parts = head.clone();
-                let mut pass = chain::on_request(&snapshot, route, &mut parts, &info).await;
+                let mut pass = chain::on_request(&snapshot, route, &mut parts, &info, None).await;
                 assert!(
                     pass.short_circuit.is_none(),
                     "{name} lets the request through"
                 );
                 let resp = http::Response::new(wicket::body::empty());
-                chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp).await
+                chain::on_response(route, &mut pass, &mut parts, &info, &outcome, resp, None).await
             });
         });
     }
