@@ -11,7 +11,7 @@ use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::plugin::{
     Context, PluginResponse, Pool, RequestDecision, RequestInfo, RequestPatch, ResponseDecision,
-    UpstreamOutcome,
+    SpanNotes, UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::access_log::Step;
@@ -73,6 +73,9 @@ pub async fn on_request(
             continue;
         }
         let mut context = Context::default();
+        if trace.is_some_and(|t| t.recording()) {
+            context.record_span();
+        }
         let began = std::time::Instant::now();
         let result = pool
             .on_request(parts, info, &pass.upstream, &mut context)
@@ -81,7 +84,16 @@ pub async fn on_request(
             RequestDecision::Continue(_) => "continue",
             RequestDecision::Respond(_) => "respond",
         });
-        note(&mut pass.steps, trace, pool, Hook::Request, decided, began);
+        let span = context.take_span();
+        note(
+            &mut pass.steps,
+            trace,
+            span,
+            pool,
+            Hook::Request,
+            decided,
+            began,
+        );
         if !context.is_empty() {
             pass.contexts.push((i, context));
         }
@@ -167,6 +179,9 @@ pub async fn on_response(
             Some(k) => pass.contexts.swap_remove(k).1,
             None => Context::default(),
         };
+        if trace.is_some_and(|t| t.recording()) {
+            context.record_span();
+        }
         let (mut head, body) = resp.into_parts();
         let began = std::time::Instant::now();
         let result = pool
@@ -183,7 +198,16 @@ pub async fn on_response(
             ResponseDecision::Continue(_) => "continue",
             ResponseDecision::Replace(_) => "replace",
         });
-        note(&mut pass.steps, trace, pool, Hook::Response, decided, began);
+        let span = context.take_span();
+        note(
+            &mut pass.steps,
+            trace,
+            span,
+            pool,
+            Hook::Response,
+            decided,
+            began,
+        );
         resp = http::Response::from_parts(head, body);
         match result {
             Ok(ResponseDecision::Continue(patch)) => {
@@ -217,6 +241,7 @@ pub async fn on_response(
 fn note(
     steps: &mut Option<Vec<Step>>,
     trace: Option<&RequestTrace>,
+    span: Option<SpanNotes>,
     pool: &Arc<Pool>,
     hook: Hook,
     decided: Result<&'static str, &crate::plugin::PluginError>,
@@ -239,7 +264,7 @@ fn note(
             failure,
             took,
         };
-        trace.hook(call, Vec::new());
+        trace.hook(call, span);
     }
     if let Some(steps) = steps {
         steps.push(Step {

@@ -1,4 +1,4 @@
-// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.3.
+// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.4.
 
 export type HeaderValue = string | Uint8Array;
 export type Headers = Record<string, HeaderValue> | Array<[string, HeaderValue]>;
@@ -90,6 +90,11 @@ export const context: {
   get(key: string): Uint8Array | undefined;
   getText(key: string): string | undefined;
   set(key: string, value: HeaderValue): boolean;
+};
+export const span: {
+  recording(): boolean;
+  setAttribute(key: string, value: unknown): void;
+  addEvent(name: string, attributes?: Record<string, unknown>): void;
 };
 export const log: Record<"trace" | "debug" | "info" | "warn" | "error", (message: unknown) => void>;
 export const metrics: {

@@ -1,5 +1,5 @@
 // The Wicket plugin SDK for JavaScript, over the bindings componentize-js
-// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.3`).
+// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.4`).
 //
 //   import * as wicket from "./wicket.js";
 //   export const { init, onRequest, onResponse } = wicket.definePolicy({
@@ -15,12 +15,13 @@
 // bytes. Numbers the contract holds as 64-bit (counters, TTLs, versions)
 // are plain numbers here, exact up to 2^53.
 
-import * as wState from "wicket:plugin/state@0.1.3";
-import * as wContext from "wicket:plugin/context@0.1.3";
-import * as wLog from "wicket:plugin/log@0.1.3";
-import * as wMetrics from "wicket:plugin/metrics@0.1.3";
-import * as wClock from "wicket:plugin/clock@0.1.3";
-import * as wGateway from "wicket:plugin/gateway@0.1.3";
+import * as wState from "wicket:plugin/state@0.1.4";
+import * as wContext from "wicket:plugin/context@0.1.4";
+import * as wLog from "wicket:plugin/log@0.1.4";
+import * as wMetrics from "wicket:plugin/metrics@0.1.4";
+import * as wClock from "wicket:plugin/clock@0.1.4";
+import * as wGateway from "wicket:plugin/gateway@0.1.4";
+import * as wSpan from "wicket:plugin/span@0.1.4";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -266,6 +267,15 @@ export const context = {
   get(key) { return wContext.get(key); },
   getText(key) { return text(wContext.get(key)); },
   set(key, value) { return wContext.set(key, bytes(value)); },
+};
+
+/** This hook call's span in the request's trace (contract 0.1.4); a no-op when not recorded. */
+export const span = {
+  recording() { return wSpan.recording(); },
+  setAttribute(key, value) { wSpan.setAttribute(key, String(value)); },
+  addEvent(name, attributes) {
+    wSpan.addEvent(name, Object.entries(attributes ?? {}).map(([key, value]) => ({ key, value: String(value) })));
+  },
 };
 
 export const log = Object.fromEntries(

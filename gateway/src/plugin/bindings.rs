@@ -24,6 +24,7 @@ mod generated {
             // trap when used outside a hook.
             "wicket:plugin/types": trappable,
             "wicket:plugin/context": trappable,
+            "wicket:plugin/span": trappable,
         },
         exports: { default: async },
         with: {
@@ -33,7 +34,9 @@ mod generated {
     });
 }
 
-pub(crate) use generated::wicket::plugin::{clock, context, gateway, log, metrics, state, types};
+pub(crate) use generated::wicket::plugin::{
+    clock, context, gateway, log, metrics, span, state, types,
+};
 
 use wasmtime::component::{
     Component, ComponentExportIndex, Func, Instance, Linker, Resource, TypedFunc,

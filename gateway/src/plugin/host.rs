@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, clock, context, gateway, log, metrics, state, types};
+use super::bindings::{self, clock, context, gateway, log, metrics, span, state, types};
 use super::RequestInfo;
 use crate::clock::Clock;
 use crate::metrics::{Metrics, SeriesCache};
@@ -70,10 +70,93 @@ pub(crate) struct Call {
 
 /// What one plugin keeps for one request through the contract's `context`
 /// interface: set in `on-request`, read in `on-response`. Small and bounded,
-/// and it never leaves the gateway.
+/// and it never leaves the gateway. It also carries, through one hook call,
+/// what the plugin adds to that call's span (when the call is recorded).
 #[derive(Debug, Default)]
 pub struct Context {
     entries: Vec<(String, Vec<u8>)>,
+    span: Option<SpanNotes>,
+}
+
+/// What a plugin added to its hook call's span through the contract's
+/// `span` interface, bounded as the contract says.
+#[derive(Debug, Default)]
+pub struct SpanNotes {
+    /// Attributes, in the order first set.
+    pub attributes: Vec<(String, String)>,
+    /// Events: name, attributes, when.
+    pub events: Vec<SpanEvent>,
+}
+
+/// One event a plugin recorded on its span.
+#[derive(Debug)]
+pub struct SpanEvent {
+    /// Its name.
+    pub name: String,
+    /// Its attributes.
+    pub attributes: Vec<(String, String)>,
+    /// When it was recorded.
+    pub time: std::time::SystemTime,
+}
+
+/// Most attributes a plugin sets on one hook call's span.
+const SPAN_ATTRIBUTES: usize = 16;
+/// Most events a plugin records on one hook call's span.
+const SPAN_EVENTS: usize = 8;
+/// Most attributes on one event.
+const EVENT_ATTRIBUTES: usize = 8;
+/// Longest key or event name, in bytes.
+const SPAN_KEY_BYTES: usize = 64;
+/// Longest attribute value, in bytes (longer ones are cut).
+const SPAN_VALUE_BYTES: usize = 256;
+
+/// A key the plugin may use: not empty, short, not the host's own.
+fn span_key_ok(key: &str) -> bool {
+    !key.is_empty() && key.len() <= SPAN_KEY_BYTES && !key.starts_with("wicket.")
+}
+
+/// `value` cut to the bound at a character boundary.
+fn span_value(mut value: String) -> String {
+    if value.len() > SPAN_VALUE_BYTES {
+        let mut end = SPAN_VALUE_BYTES;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    value
+}
+
+impl SpanNotes {
+    fn set(&mut self, key: String, value: String) {
+        if !span_key_ok(&key) {
+            return;
+        }
+        let value = span_value(value);
+        let full = self.attributes.len() >= SPAN_ATTRIBUTES;
+        match self.attributes.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None if !full => self.attributes.push((key, value)),
+            None => {}
+        }
+    }
+
+    fn event(&mut self, name: String, attributes: Vec<(String, String)>) {
+        if self.events.len() >= SPAN_EVENTS || name.is_empty() || name.len() > SPAN_KEY_BYTES {
+            return;
+        }
+        let attributes = attributes
+            .into_iter()
+            .filter(|(k, _)| span_key_ok(k))
+            .take(EVENT_ATTRIBUTES)
+            .map(|(k, v)| (k, span_value(v)))
+            .collect();
+        self.events.push(SpanEvent {
+            name,
+            attributes,
+            time: std::time::SystemTime::now(),
+        });
+    }
 }
 
 /// Most keys in one plugin's context for one request.
@@ -85,6 +168,16 @@ impl Context {
     /// Whether nothing was set.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Let the next hook call add to its span (it is recorded).
+    pub fn record_span(&mut self) {
+        self.span = Some(SpanNotes::default());
+    }
+
+    /// What the last hook call added to its span, if it was recorded.
+    pub fn take_span(&mut self) -> Option<SpanNotes> {
+        self.span.take()
     }
 
     fn get(&self, key: &str) -> Option<&[u8]> {
@@ -503,6 +596,45 @@ impl context::Host for HostState {
     }
 }
 
+impl span::Host for HostState {
+    fn recording(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.span_notes()?.is_some())
+    }
+
+    fn set_attribute(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        if let Some(notes) = self.span_notes()? {
+            notes.set(key, value);
+        }
+        Ok(())
+    }
+
+    fn add_event(
+        &mut self,
+        name: String,
+        attributes: Vec<span::Attribute>,
+    ) -> wasmtime::Result<()> {
+        if let Some(notes) = self.span_notes()? {
+            notes.event(
+                name,
+                attributes.into_iter().map(|a| (a.key, a.value)).collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// The span notes of the hook call in progress (`None`: not recorded);
+    /// an error outside a hook call, which traps.
+    fn span_notes(&mut self) -> wasmtime::Result<Option<&mut SpanNotes>> {
+        let call = self
+            .call
+            .as_mut()
+            .ok_or_else(|| wasmtime::Error::msg("span used outside a hook call"))?;
+        Ok(call.context.span.as_mut())
+    }
+}
+
 impl gateway::Host for HostState {
     fn upstreams(&mut self) -> Vec<String> {
         self.upstreams.to_vec()
@@ -769,5 +901,50 @@ impl tokio::io::AsyncWrite for GuestOutput {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         self.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_notes_stay_within_their_bounds() {
+        let mut n = SpanNotes::default();
+        for i in 0..40 {
+            n.set(format!("k{i}"), "v".into());
+        }
+        assert_eq!(n.attributes.len(), SPAN_ATTRIBUTES);
+        n.set("k0".into(), "again".into());
+        assert_eq!(
+            n.attributes[0],
+            ("k0".into(), "again".into()),
+            "a key set again is replaced"
+        );
+        let mut n = SpanNotes::default();
+        n.set("wicket.decision".into(), "forged".into());
+        n.set(String::new(), "x".into());
+        n.set("k".repeat(65), "x".into());
+        assert!(
+            n.attributes.is_empty(),
+            "host keys, empty and long keys dropped"
+        );
+        n.set("long".into(), "é".repeat(200));
+        assert!(n.attributes[0].1.len() <= SPAN_VALUE_BYTES);
+        assert!(
+            n.attributes[0].1.chars().all(|c| c == 'é'),
+            "cut at a character boundary"
+        );
+        for i in 0..20 {
+            let attrs = (0..20).map(|j| (format!("a{j}"), "v".into())).collect();
+            n.event(format!("e{i}"), attrs);
+        }
+        assert_eq!(n.events.len(), SPAN_EVENTS);
+        assert!(n
+            .events
+            .iter()
+            .all(|e| e.attributes.len() == EVENT_ATTRIBUTES));
+        n.event("x".repeat(65), Vec::new());
+        assert_eq!(n.events.len(), SPAN_EVENTS);
     }
 }

@@ -40,7 +40,7 @@ use crate::upstream::{Upstream, UpstreamErrorKind};
 use bindings::{Exports, Funcs};
 use host::{Call, GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceeded};
 
-pub use host::Context;
+pub use host::{Context, SpanEvent, SpanNotes};
 
 /// How often the epoch advances; the resolution of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);

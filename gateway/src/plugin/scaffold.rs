@@ -120,6 +120,11 @@ const JS: &[File] = &[
         false,
     ),
     (
+        "wicket-sdk/testing/fakes/span.js",
+        include_str!("../../../plugins/sdk-js/testing/fakes/span.js"),
+        false,
+    ),
+    (
         "wicket-sdk/testing/fakes/log.js",
         include_str!("../../../plugins/sdk-js/testing/fakes/log.js"),
         false,

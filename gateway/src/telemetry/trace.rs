@@ -35,7 +35,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{Body, BodyError};
 use crate::config::TracingConfig;
-use crate::plugin::{OutcomeResult, UpstreamOutcome};
+use crate::plugin::{OutcomeResult, SpanNotes, UpstreamOutcome};
 use crate::request::Conn;
 
 /// The tracer of one tracing configuration. Kept across reloads that do
@@ -318,27 +318,47 @@ impl RequestTrace {
         ]);
     }
 
-    /// A hook call that has just ended, as a child span.
-    pub fn hook(&self, call: HookCall<'_>, extra: Vec<KeyValue>) {
+    /// A hook call that has just ended, as a child span, with what the
+    /// plugin added to it.
+    pub fn hook(&self, call: HookCall<'_>, notes: Option<SpanNotes>) {
         if !self.recording() {
             return;
         }
         let end = SystemTime::now();
-        let mut attributes = Vec::with_capacity(4 + extra.len());
+        let notes = notes.unwrap_or_default();
+        let mut attributes = Vec::with_capacity(4 + notes.attributes.len());
         attributes.push(KeyValue::new("wicket.plugin", call.plugin.to_string()));
         attributes.push(KeyValue::new("wicket.hook", call.hook));
         attributes.push(KeyValue::new("wicket.decision", call.decision));
         if let Some(kind) = call.failure {
             attributes.push(KeyValue::new("error.type", kind));
         }
-        attributes.extend(extra);
+        attributes.extend(
+            notes
+                .attributes
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v)),
+        );
+        let events = notes
+            .events
+            .into_iter()
+            .map(|e| {
+                let attributes = e
+                    .attributes
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect();
+                opentelemetry::trace::Event::new(e.name, e.time, attributes, 0)
+            })
+            .collect();
         let tracer = self.tracer();
         let mut span = tracer.build_with_context(
             tracer
                 .span_builder(format!("{} {}", call.plugin, call.hook))
                 .with_kind(SpanKind::Internal)
                 .with_start_time(end.checked_sub(call.took).unwrap_or(end))
-                .with_attributes(attributes),
+                .with_attributes(attributes)
+                .with_events(events),
             &self.cx,
         );
         if let Some(kind) = call.failure {

@@ -20,6 +20,8 @@ export class FakeHost {
     this.entries = new Map();
     this.version = 0n;
     this.contextValues = new Map();
+    // What the plugin added to its span: ["attribute", key, value] or ["event", name, attributes].
+    this.spanNotes = [];
     this.logs = [];
     this.counters = new Map();
     this.unavailable = false;

@@ -1,5 +1,5 @@
 """The Wicket plugin SDK for Python, over the bindings componentize-py
-generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.3`).
+generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.4`).
 
 A policy is a subclass of `Policy` that overrides `configure` and the hooks
 it implements (`request`, `response`); `export` turns it into the
@@ -32,7 +32,7 @@ from . import _host
 __all__ = [
     "Policy", "export", "ConfigError", "StateError", "Request", "ResponseHead",
     "Outcome", "Proceed", "Respond", "Keep", "Replace", "proceed", "respond",
-    "keep", "replace", "state", "context", "log", "metrics", "clock",
+    "keep", "replace", "state", "context", "span", "log", "metrics", "clock",
     "upstreams", "config", "Counter", "Window", "TraceContext",
 ]
 
@@ -489,6 +489,22 @@ class _Context:
         return _host.module("context").set(key, _bytes(value))
 
 
+class _Span:
+    """This hook call's span in the request's trace (contract 0.1.4): when
+    the request is not recorded, every call does nothing."""
+
+    def recording(self) -> bool:
+        return _host.module("span").recording()
+
+    def set_attribute(self, key: str, value) -> None:
+        _host.module("span").set_attribute(key, str(value))
+
+    def add_event(self, name: str, attributes: Optional[Dict[str, object]] = None) -> None:
+        span = _host.module("span")
+        attrs = [span.Attribute(k, str(v)) for k, v in (attributes or {}).items()]
+        span.add_event(name, attrs)
+
+
 class _Log:
     def _log(self, level: str, message: str):
         log = _host.module("log")
@@ -553,6 +569,7 @@ def upstreams() -> List[str]:
 
 state = _State()
 context = _Context()
+span = _Span()
 log = _Log()
 metrics = _Metrics()
 clock = _Clock()

@@ -58,6 +58,12 @@ class FakeHost:
             increment=lambda k, d, t: self._increment(k, d, t).value,
             increment_with_ttl=self._increment, delete=self._delete)
         self.context = SimpleNamespace(get=self.context_values.get, set=self._context_set)
+        # Spans: recorded as (kind, name, value) so a test can assert them.
+        self.span_notes = []
+        self.span = SimpleNamespace(
+            Attribute=lambda k, v: (k, v), recording=lambda: True,
+            set_attribute=lambda k, v: host.span_notes.append(("attribute", k, v)),
+            add_event=lambda n, a: host.span_notes.append(("event", n, list(a))))
         self.log = SimpleNamespace(Level=_Level, log=lambda lvl, msg: host.logs.append((lvl.name.lower(), msg)))
         self.metrics = SimpleNamespace(
             Label=lambda n, v: (n, v), counter_add=self._counter, histogram_observe=self._histogram)

@@ -60,7 +60,7 @@ pub use bindings::wicket::plugin::types::{
     ResponseAction, ResponsePatch, RouteParam, TlsInfo, UpstreamError, UpstreamOutcome,
     UpstreamResult,
 };
-pub use bindings::wicket::plugin::{clock, context, gateway, log, metrics, state};
+pub use bindings::wicket::plugin::{clock, context, gateway, log, metrics, span, state};
 
 /// A policy plugin. Every hook has a default that lets traffic through unchanged.
 pub trait Plugin: Sized + 'static {

@@ -145,6 +145,9 @@ async fn a_request_through_three_plugins_is_one_span_tree() {
             "header-injector on-response continue",
         ]
     );
+    // What key-auth added to its span through the contract.
+    assert_eq!(attribute(hooks[0], "key_auth.outcome"), "allowed");
+    assert!(hooks[0].events.is_empty());
     for h in &hooks {
         assert_eq!(h.parent_span_id, server.span_id, "{}", h.name);
         assert!(h.end_time_unix_nano >= h.start_time_unix_nano);
@@ -193,6 +196,10 @@ async fn a_request_through_three_plugins_is_one_span_tree() {
     assert_eq!(spans_now.len(), 2, "{:#?}", names(&spans_now));
     let auth = named(&spans, "key-auth on-request");
     assert_eq!(attribute(auth, "wicket.decision"), "respond");
+    assert_eq!(attribute(auth, "key_auth.outcome"), "missing_key");
+    assert_eq!(auth.events.len(), 1, "{:?}", auth.events);
+    assert_eq!(auth.events[0].name, "api key refused");
+    assert_eq!(auth.events[0].attributes[0].key, "reason");
     assert_eq!(
         attribute(named(&spans, "GET api"), "http.response.status_code"),
         "401"

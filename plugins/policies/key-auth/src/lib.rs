@@ -12,7 +12,7 @@ mod config;
 mod keys;
 
 use wicket_plugin_sdk::{
-    export_plugin, metrics, query_without, Hooks, Plugin, Request, RequestAction, RequestPatch,
+    export_plugin, metrics, query_without, span, Hooks, Plugin, Request, RequestAction, RequestPatch,
     Response,
 };
 
@@ -119,6 +119,18 @@ impl Plugin for KeyAuth {
             }],
             1,
         );
+        // In the request's trace (when it is recorded), the hook's span says
+        // what the key came to.
+        if span::recording() {
+            span::set_attribute("key_auth.outcome", outcome.label());
+            if !matches!(outcome, Outcome::Allowed) {
+                let reason = span::Attribute {
+                    key: "reason".into(),
+                    value: outcome.label().into(),
+                };
+                span::add_event("api key refused", &[reason]);
+            }
+        }
         action
     }
 }
