@@ -11,7 +11,7 @@ use crate::config::FailurePolicy;
 use crate::error::ProxyError;
 use crate::plugin::{
     Context, PluginResponse, Pool, RequestDecision, RequestInfo, RequestPatch, ResponseDecision,
-    SpanNotes, UpstreamOutcome,
+    UpstreamOutcome,
 };
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::access_log::Step;
@@ -73,9 +73,7 @@ pub async fn on_request(
             continue;
         }
         let mut context = Context::default();
-        if trace.is_some_and(|t| t.recording()) {
-            context.record_span();
-        }
+        arm_span(trace, &mut context);
         let began = std::time::Instant::now();
         let result = pool
             .on_request(parts, info, &pass.upstream, &mut context)
@@ -84,11 +82,10 @@ pub async fn on_request(
             RequestDecision::Continue(_) => "continue",
             RequestDecision::Respond(_) => "respond",
         });
-        let span = context.take_span();
         note(
             &mut pass.steps,
             trace,
-            span,
+            &mut context,
             pool,
             Hook::Request,
             decided,
@@ -179,9 +176,7 @@ pub async fn on_response(
             Some(k) => pass.contexts.swap_remove(k).1,
             None => Context::default(),
         };
-        if trace.is_some_and(|t| t.recording()) {
-            context.record_span();
-        }
+        arm_span(trace, &mut context);
         let (mut head, body) = resp.into_parts();
         let began = std::time::Instant::now();
         let result = pool
@@ -198,11 +193,10 @@ pub async fn on_response(
             ResponseDecision::Continue(_) => "continue",
             ResponseDecision::Replace(_) => "replace",
         });
-        let span = context.take_span();
         note(
             &mut pass.steps,
             trace,
-            span,
+            &mut context,
             pool,
             Hook::Response,
             decided,
@@ -234,6 +228,13 @@ pub async fn on_response(
     resp
 }
 
+/// Let the next hook call add to its span, when the request is recorded.
+fn arm_span(trace: Option<&RequestTrace>, context: &mut Context) {
+    if trace.is_some_and(|t| t.recording()) {
+        context.record_span();
+    }
+}
+
 /// Count one hook call on its pool (for the admin page); when the access
 /// log is on, keep what it decided for the request's line; when the request
 /// is traced, make its span. A failed call's decision is what its failure
@@ -241,7 +242,7 @@ pub async fn on_response(
 fn note(
     steps: &mut Option<Vec<Step>>,
     trace: Option<&RequestTrace>,
-    span: Option<SpanNotes>,
+    context: &mut Context,
     pool: &Arc<Pool>,
     hook: Hook,
     decided: Result<&'static str, &crate::plugin::PluginError>,
@@ -264,7 +265,7 @@ fn note(
             failure,
             took,
         };
-        trace.hook(call, span);
+        trace.hook(call, context.take_span());
     }
     if let Some(steps) = steps {
         steps.push(Step {

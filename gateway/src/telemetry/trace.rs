@@ -178,6 +178,7 @@ impl Tracing {
             &parent,
         );
         RequestTrace {
+            recording: span.is_recording(),
             cx: parent.with_span(span),
             tracing: self.clone(),
         }
@@ -274,6 +275,9 @@ fn check(cfg: &TracingConfig) -> Result<(), (String, String)> {
 pub struct RequestTrace {
     cx: Context,
     tracing: Arc<Tracing>,
+    /// The sampling decision, read once: it does not change for the
+    /// request, and asking the span each time takes its lock.
+    recording: bool,
 }
 
 /// What a plugin hook call was, for its span.
@@ -294,14 +298,18 @@ pub struct HookCall<'a> {
 impl RequestTrace {
     /// Whether this request's spans are recorded (it was sampled).
     pub fn recording(&self) -> bool {
-        self.cx.span().is_recording()
+        self.recording
     }
 
     /// The trace id, as 32 lower-case hex digits.
     pub fn trace_id(&self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let id = self.cx.span().span_context().trace_id().to_bytes();
         let mut out = [0u8; 32];
-        let hex = format!("{}", self.cx.span().span_context().trace_id());
-        out.copy_from_slice(&hex.as_bytes()[..32]);
+        for (i, b) in id.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
         out
     }
 
@@ -381,7 +389,8 @@ impl RequestTrace {
         );
         let cx = self.cx.with_span(span);
         headers.remove("tracestate");
-        TraceContextPropagator::new()
+        self.tracing
+            .propagator
             .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
         UpstreamSpan { cx }
     }
