@@ -12,8 +12,8 @@ mod config;
 mod keys;
 
 use wicket_plugin_sdk::{
-    export_plugin, metrics, query_without, span, Hooks, Plugin, Request, RequestAction, RequestPatch,
-    Response,
+    export_plugin, metrics, query_without, span, Hooks, Plugin, Request, RequestAction,
+    RequestPatch, Response,
 };
 
 use crate::config::Config;
