@@ -23,11 +23,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-PROXIES = ["wicket", "wicket-3", "wicket-3r", "wicket-5", "nginx", "haproxy"]
+PROXIES = ["wicket", "wicket-3", "wicket-3r", "wicket-3t", "wicket-5", "nginx", "haproxy"]
 LABELS = {
     "wicket": "Wicket, no plugins",
     "wicket-3": "Wicket, 3 policies",
     "wicket-3r": "Wicket, 3 policies, state on Redis",
+    "wicket-3t": "Wicket, 3 policies, every request traced",
     "wicket-5": "Wicket, 5 policies",
     "nginx": "nginx",
     "haproxy": "HAProxy",
@@ -250,17 +251,17 @@ def print_ws(work: Path) -> None:
     print()
 
 
-def redis_vs_memory(cases: dict, runs: list, body: int) -> None:
-    """The 3-policy chain with its state on Redis against memory, per run."""
-    pairs = [(cases.get((r, body, "wicket-3r")), cases.get((r, body, "wicket-3"))) for r in runs]
-    pairs = [(red, mem) for red, mem in pairs if red and mem and mem["rps"]]
+def against_3(cases: dict, runs: list, body: int, proxy: str, what: str) -> None:
+    """A variant of the 3-policy chain against the plain one, per run."""
+    pairs = [(cases.get((r, body, proxy)), cases.get((r, body, "wicket-3"))) for r in runs]
+    pairs = [(v, base) for v, base in pairs if v and base and base["rps"]]
     if not pairs:
         return
-    rps = statistics.median(red["rps"] / mem["rps"] for red, mem in pairs)
-    cpu = statistics.median(red["cpu_us"] - mem["cpu_us"] for red, mem in pairs)
-    p50 = statistics.median(red["p50"] - mem["p50"] for red, mem in pairs)
+    rps = statistics.median(v["rps"] / base["rps"] for v, base in pairs)
+    cpu = statistics.median(v["cpu_us"] - base["cpu_us"] for v, base in pairs)
+    p50 = statistics.median(v["p50"] - base["p50"] for v, base in pairs)
     print(
-        f"State on Redis against memory, 3 policies (medians of per-run figures): "
+        f"{what}, 3 policies (medians of per-run figures): "
         f"req/s ×{rps:.2f}, CPU per request {cpu:+.1f} µs, p50 {p50:+.0f} µs.\n"
     )
 
@@ -328,7 +329,8 @@ def main() -> None:
                         f"responses, {case['socket_errors']} socket errors"
                     )
         print()
-        redis_vs_memory(cases, runs, body)
+        against_3(cases, runs, body, "wicket-3r", "State on Redis against memory")
+        against_3(cases, runs, body, "wicket-3t", "Every request traced against tracing off")
     if problems:
         print("## Errors seen\n")
         for p in problems:

@@ -432,6 +432,12 @@ pub struct ListenerLimits {
     /// the upstream requests one client connection can have in flight.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// HTTP/2: most requests of one connection handled at once (from the
+    /// plugin chain to the response head); its other streams wait their
+    /// turn, so one client's many slow requests cannot take every worker's
+    /// time and the upstreams' connections from the others.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: u32,
 }
 
 fn default_max_uri_bytes() -> usize {
@@ -455,6 +461,9 @@ fn default_max_connections() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     100
 }
+fn default_max_requests_in_flight() -> u32 {
+    32
+}
 
 impl Default for ListenerLimits {
     fn default() -> Self {
@@ -466,6 +475,7 @@ impl Default for ListenerLimits {
             max_body_bytes: default_max_body_bytes_request(),
             max_connections: default_max_connections(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            max_requests_in_flight: default_max_requests_in_flight(),
         }
     }
 }
@@ -1539,6 +1549,10 @@ pub fn validate_serving(
         positive(
             at("limits.max_concurrent_streams"),
             l.limits.max_concurrent_streams as u64,
+        );
+        positive(
+            at("limits.max_requests_in_flight"),
+            l.limits.max_requests_in_flight as u64,
         );
         for (f, v) in [
             ("timeouts.handshake_ms", l.timeouts.handshake_ms),

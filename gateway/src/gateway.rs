@@ -398,9 +398,16 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&shared);
-        shared.runtime().metrics().read_upstreams_from(move || {
+        let metrics = shared.runtime().metrics().clone();
+        metrics.read_upstreams_from(move || {
             weak.upgrade()
                 .map(|s| s.current().upstream_statuses())
+                .unwrap_or_default()
+        });
+        let weak = Arc::downgrade(&shared);
+        metrics.read_hooks_from(move || {
+            weak.upgrade()
+                .map(|s| s.current().hook_series())
                 .unwrap_or_default()
         });
 
@@ -412,11 +419,14 @@ impl Gateway {
             let listener = TcpListener::bind(l.address)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.address))?;
-            addrs.push(listener.local_addr()?);
+            let addr = listener.local_addr()?;
+            addrs.push(addr);
+            let mut settings = server::Settings::for_listener(l);
+            settings.metrics = metrics.connections(&addr.to_string(), settings.role);
             tasks.spawn(server::serve(
                 listener,
                 i,
-                server::Settings::for_listener(l),
+                settings,
                 ProxyHandler(shared.clone()),
                 watch_rx.clone(),
                 drain,
@@ -428,10 +438,12 @@ impl Gateway {
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin): {e}", a.address))?;
                 let addr = listener.local_addr()?;
+                let mut settings = server::Settings::for_admin(a);
+                settings.metrics = metrics.connections(&addr.to_string(), settings.role);
                 tasks.spawn(server::serve(
                     listener,
                     0,
-                    server::Settings::for_admin(a),
+                    settings,
                     crate::admin::AdminHandler::new(shared.clone(), addr),
                     watch_rx.clone(),
                     drain,

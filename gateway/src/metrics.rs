@@ -30,6 +30,13 @@ const MAX_PLUGIN_METRICS: usize = 256;
 const MAX_PLUGIN_SERIES: usize = 10_000;
 /// Most labels per plugin observation.
 const MAX_LABELS: usize = 8;
+/// The gateway's own families under `plugin_`, which no plugin metric may
+/// take.
+const GATEWAY_PLUGIN_FAMILIES: [&str; 3] = [
+    "plugin_failures",
+    "plugin_instances_recycled",
+    "plugin_hook_duration_seconds",
+];
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -49,6 +56,10 @@ pub struct Metrics {
     tunnel_bytes: Family<Labels, Counter>,
     plugin_counters: RwLock<HashMap<String, Family<Labels, Counter>>>,
     plugin_histograms: RwLock<HashMap<String, HistogramFamily>>,
+    /// Every `plugin_*` family name taken, by the gateway or a plugin of
+    /// either kind: a second family of one name would make the exposition
+    /// invalid and fail the whole scrape.
+    plugin_names: Mutex<std::collections::HashSet<String>>,
     /// Label sets plugin metrics hold, against [`MAX_PLUGIN_SERIES`].
     plugin_series: std::sync::atomic::AtomicUsize,
     series_full_warned: std::sync::atomic::AtomicBool,
@@ -59,6 +70,12 @@ pub struct Metrics {
     state_duration: HistogramFamily,
     access_log_lines: Family<Labels, Counter>,
     trace_spans: Family<Labels, Counter>,
+    connections_open: Family<Labels, Gauge>,
+    connections: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
+    connections_shed: Family<Labels, Counter>,
+    tls_handshakes: Family<Labels, Counter>,
+    hooks: Arc<HookCollector>,
     /// The last errors, for the admin page.
     pub recent_errors: crate::telemetry::recent::RecentErrors,
 }
@@ -83,6 +100,30 @@ pub struct StateMetrics {
     pub fallback: Counter,
     /// Round-trip time of each operation.
     pub duration: Histogram,
+}
+
+/// Handles to one listener's connection series, taken once when it starts.
+/// The default is detached (counts nothing anyone reads), for tests and
+/// tools that serve without a registry.
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections that began HTTP/1.1.
+    pub http1: Counter,
+    /// Connections that began HTTP/2.
+    pub http2: Counter,
+    /// Connections closed at once: at the cap with none idle to shed.
+    pub refused: Counter,
+    /// Idle connections closed to make room (the cap, or out of file
+    /// descriptors).
+    pub shed: Counter,
+    /// TLS handshakes completed.
+    pub tls_ok: Counter,
+    /// TLS handshakes the client failed.
+    pub tls_failed: Counter,
+    /// TLS handshakes not done within the handshake timeout.
+    pub tls_timeout: Counter,
 }
 
 /// Handles to the access log's series.
@@ -208,7 +249,56 @@ impl Metrics {
             "Finished spans of sampled requests, by result (exported, dropped: the export queue was full, failed: the collector refused them or did not answer in time)",
             trace_spans.clone(),
         );
+        let connections_open = Family::<Labels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now, by listener and role (proxy, admin)",
+            connections_open.clone(),
+        );
+        let connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections",
+            "Client connections that began a protocol, by listener, role and protocol (http1, http2)",
+            connections.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept: the listener was at its cap and none was idle",
+            connections_refused.clone(),
+        );
+        let connections_shed = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Idle client connections closed to make room (at the cap, or out of file descriptors)",
+            connections_shed.clone(),
+        );
+        let tls_handshakes = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with clients, by listener and result (ok, failed, timeout)",
+            tls_handshakes.clone(),
+        );
+        let hooks = Arc::new(HookCollector::default());
+        registry.register_collector(Box::new(hooks.clone()));
+        registry.register(
+            "build",
+            "The running build: gateway version and plugin contract version",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "contract".to_string(),
+                    crate::plugin::contract_version().to_string(),
+                ),
+            ]),
+        );
         Metrics {
+            connections_open,
+            connections,
+            connections_refused,
+            connections_shed,
+            tls_handshakes,
+            hooks,
             recent_errors: Default::default(),
             access_log_lines,
             trace_spans,
@@ -229,6 +319,12 @@ impl Metrics {
             reloads,
             plugin_counters: RwLock::new(HashMap::new()),
             plugin_histograms: RwLock::new(HashMap::new()),
+            plugin_names: Mutex::new(
+                GATEWAY_PLUGIN_FAMILIES
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            ),
             plugin_series: Default::default(),
             series_full_warned: Default::default(),
         }
@@ -383,6 +479,43 @@ impl Metrics {
         }
     }
 
+    /// The connection series of the listener at `listener` serving `role`.
+    pub fn connections(&self, listener: &str, role: &str) -> ConnMetrics {
+        let base = || {
+            vec![
+                ("listener".to_string(), listener.to_string()),
+                ("role".to_string(), role.to_string()),
+            ]
+        };
+        let with = |name: &str, value: &str| {
+            let mut l = base();
+            l.push((name.to_string(), value.to_string()));
+            l
+        };
+        // One statement per series: see `state_metrics`.
+        let counter = |family: &Family<Labels, Counter>, labels: Labels| {
+            let c = family.get_or_create(&labels).clone();
+            c
+        };
+        let open = self.connections_open.get_or_create(&base()).clone();
+        let http1 = counter(&self.connections, with("protocol", "http1"));
+        let http2 = counter(&self.connections, with("protocol", "http2"));
+        let refused = counter(&self.connections_refused, base());
+        let shed = counter(&self.connections_shed, base());
+        let tls = |result: &str| counter(&self.tls_handshakes, with("result", result));
+        let (tls_ok, tls_failed, tls_timeout) = (tls("ok"), tls("failed"), tls("timeout"));
+        ConnMetrics {
+            open,
+            http1,
+            http2,
+            refused,
+            shed,
+            tls_ok,
+            tls_failed,
+            tls_timeout,
+        }
+    }
+
     /// Count one reload attempt; `result` is `ok` or `error`.
     pub fn reload(&self, result: &str) {
         self.reloads
@@ -477,19 +610,33 @@ impl Metrics {
             return Some(f.clone());
         }
         let mut map = families.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_PLUGIN_METRICS && !map.contains_key(&full) {
+        if let Some(f) = map.get(&full) {
+            return Some(f.clone());
+        }
+        if map.len() >= MAX_PLUGIN_METRICS {
             tracing::warn!(plugin, name, "too many plugin metrics; observation dropped");
             return None;
         }
-        let family = map.entry(full.clone()).or_insert_with(|| {
-            let f = new();
-            self.registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .register(full, "Reported by a plugin", f.clone());
-            f
-        });
-        Some(family.clone())
+        if !self
+            .plugin_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(full.clone())
+        {
+            tracing::warn!(
+                plugin,
+                name,
+                "plugin metric name taken by the gateway or by a metric of another kind; observation dropped"
+            );
+            return None;
+        }
+        let f = new();
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(full.clone(), "Reported by a plugin", f.clone());
+        map.insert(full, f.clone());
+        Some(f)
     }
 
     /// Where the upstream metrics are read from at each scrape: the live
@@ -501,6 +648,12 @@ impl Metrics {
         let _ = self.upstreams.source.set(Box::new(source));
     }
 
+    /// Where the plugin hook histograms are read from at each scrape: the
+    /// pools of the current snapshot (set once, when the gateway starts).
+    pub fn read_hooks_from(&self, source: impl Fn() -> Vec<HookSeries> + Send + Sync + 'static) {
+        let _ = self.hooks.source.set(Box::new(source));
+    }
+
     /// Everything in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -509,6 +662,55 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// One plugin hook's calls, summed over the plugin's pools.
+pub type HookSeries = (
+    String,
+    crate::telemetry::hooks::Hook,
+    crate::telemetry::hooks::HookSummary,
+);
+
+type HookSource = Box<dyn Fn() -> Vec<HookSeries> + Send + Sync>;
+
+/// Plugin hook durations as a Prometheus histogram, read at each scrape from
+/// the counters the admin page shows: a hook call adds to a few atomics and
+/// allocates nothing for its metric. The series of a plugin whose pools a
+/// reload rebuilt start again from zero (a counter reset to Prometheus).
+#[derive(Default)]
+struct HookCollector {
+    source: OnceLock<HookSource>,
+}
+
+impl std::fmt::Debug for HookCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookCollector")
+    }
+}
+
+impl Collector for HookCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(source) = self.source.get() else {
+            return Ok(());
+        };
+        let series = source();
+        let mut m = encoder.encode_descriptor(
+            "plugin_hook_duration_seconds",
+            "Plugin hook calls by plugin and hook (on-request, on-response): how long each took, failures included",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (plugin, hook, summary) in &series {
+            let labels = vec![
+                ("plugin".to_string(), plugin.clone()),
+                ("hook".to_string(), hook.name().to_string()),
+            ];
+            let (sum, count, buckets) = summary.histogram();
+            m.encode_family(&labels)?
+                .encode_histogram::<Labels>(sum, count, &buckets, None)?;
+        }
+        Ok(())
     }
 }
 
@@ -800,6 +1002,42 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_plugin_metric_cannot_take_a_name_already_taken() {
+        let metrics = Metrics::new();
+        let none = || Vec::new();
+        // The gateway's own families.
+        assert!(metrics.plugin_counter("p", "failures", none()).is_none());
+        assert!(metrics
+            .plugin_counter("p", "failures_total", none())
+            .is_none());
+        let hist = "hook_duration_seconds";
+        assert!(metrics.plugin_histogram("p", hist, none()).is_none());
+        // A counter's name is not also a histogram's, whichever came first.
+        metrics.plugin_counter("p", "hits", none()).unwrap().inc();
+        assert!(metrics.plugin_histogram("q", "hits", none()).is_none());
+        metrics
+            .plugin_histogram("q", "took", none())
+            .unwrap()
+            .observe(0.1);
+        assert!(metrics.plugin_counter("p", "took", none()).is_none());
+        let text = metrics.encode();
+        assert_eq!(
+            text.matches("# TYPE wicket_plugin_hits ").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE wicket_plugin_took ").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.matches("# TYPE wicket_plugin_failures ").count() <= 1,
+            "{text}"
+        );
     }
 
     #[test]

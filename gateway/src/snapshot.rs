@@ -535,6 +535,29 @@ impl Snapshot {
         self.routes.len()
     }
 
+    /// Each plugin's hook calls, summed over its pools, for the Prometheus
+    /// histogram; hooks never called are left out.
+    pub fn hook_series(&self) -> Vec<crate::metrics::HookSeries> {
+        use crate::telemetry::hooks::{Hook, HookSummary};
+        let mut names: Vec<&String> = self.plugins.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            for hook in [Hook::Request, Hook::Response] {
+                let mut sum = HookSummary::default();
+                for ((plugin, _), pool) in &self.pools {
+                    if plugin == name {
+                        pool.stats().add_to(hook, &mut sum);
+                    }
+                }
+                if sum.calls > 0 {
+                    out.push((name.clone(), hook, sum));
+                }
+            }
+        }
+        out
+    }
+
     /// Routes with their chains, and plugins with their pools and calls, for
     /// the admin page (`/api/overview`).
     pub fn overview(&self) -> (serde_json::Value, serde_json::Value) {

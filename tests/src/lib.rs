@@ -331,6 +331,36 @@ pub fn component(name: &str) -> String {
     path.display().to_string()
 }
 
+/// The sum of the samples of `name` in Prometheus text `text` whose labels
+/// include every pair of `labels` (`None` when no sample matches).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((set, value)) => (set, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
 /// Replace `{plugin:NAME}` with the path of the compiled plugin crate `NAME`,
 /// `{component:NAME}` with that of a Python or JavaScript one ([`component`]),
 /// and `{backend:NAME}` with the address in `backends`.
@@ -388,6 +418,14 @@ impl TestGateway {
     async fn start_with(yaml: &str, clock: wicket::Clock, watch: bool) -> TestGateway {
         let dir = scratch_dir("gw");
         let config_path = dir.join("wicket.yaml");
+        // No access log unless the test asks for one: a line per request on
+        // the test binary's stdout buries the output of the test that fails.
+        // Appended, so the lines an error names stay where they were.
+        let yaml = if yaml.contains("access_log") {
+            yaml.to_string()
+        } else {
+            format!("{}\naccess_log: false\n", yaml.trim_end())
+        };
         std::fs::write(&config_path, yaml).expect("write config");
         TestGateway::start_file(config_path, clock, watch).await
     }

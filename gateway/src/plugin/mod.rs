@@ -42,6 +42,15 @@ use host::{Call, GuestOutput, HostContext, HostState, MemoryCap, MemoryCapExceed
 
 pub use host::{Context, SpanEvent, SpanNotes};
 
+/// The version of the plugin contract this build hosts (`wicket:plugin@…`),
+/// read from the one copy of the WIT the bindings are generated from.
+pub fn contract_version() -> &'static str {
+    const WIT: &str = include_str!("../../../wit/plugin.wit");
+    WIT.lines()
+        .find_map(|l| l.trim().strip_prefix("package wicket:plugin@"))
+        .map_or("unknown", |v| v.trim_end_matches(';'))
+}
+
 /// How often the epoch advances; the resolution of plugin deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 

@@ -52,12 +52,16 @@ pub struct Settings {
     pub max_connections: usize,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/2: requests per connection handled at once; the rest wait.
+    pub max_requests_in_flight: u32,
     /// HTTP/1.1: most header fields hyper parses (a backstop; the request
     /// path checks the configured limit with a JSON reply).
     pub max_headers: usize,
     /// HTTP/1.1: most bytes of request line and headers hyper buffers;
     /// HTTP/2: the header list size advertised to clients.
     pub max_head_bytes: usize,
+    /// Where its connections are counted.
+    pub metrics: crate::metrics::ConnMetrics,
 }
 
 impl Settings {
@@ -70,12 +74,14 @@ impl Settings {
             idle: Duration::from_millis(l.timeouts.idle_ms),
             max_connections: l.limits.max_connections,
             max_concurrent_streams: l.limits.max_concurrent_streams,
+            max_requests_in_flight: l.limits.max_requests_in_flight,
             // One more than the limit, so the request path sees the excess
             // header and answers it with the JSON 431.
             max_headers: l.limits.max_headers + 1,
             // The request line plus the headers; beyond it hyper answers 431
             // itself (no body), before any of it is buffered.
             max_head_bytes: l.limits.max_headers_bytes + l.limits.max_uri_bytes + 64,
+            metrics: Default::default(),
         }
     }
 
@@ -88,8 +94,10 @@ impl Settings {
             idle: Duration::from_millis(a.timeouts.idle_ms),
             max_connections: a.max_connections,
             max_concurrent_streams: 16,
+            max_requests_in_flight: 16,
             max_headers: 64,
             max_head_bytes: 16 * 1024,
+            metrics: Default::default(),
         }
     }
 }
@@ -204,6 +212,7 @@ struct Registry {
     conns: Mutex<HashMap<u64, Arc<Tracker>>>,
     /// Signalled each time a connection ends (drain waits on it).
     ended: Notify,
+    metrics: crate::metrics::ConnMetrics,
 }
 
 impl Registry {
@@ -227,14 +236,19 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, t.clone());
+        self.metrics.open.inc();
         (id, t)
     }
 
     fn remove(&self, id: u64) {
-        self.conns
+        let removed = self
+            .conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        if removed.is_some() {
+            self.metrics.open.dec();
+        }
         self.ended.notify_waiters();
     }
 
@@ -250,6 +264,7 @@ impl Registry {
         match oldest {
             Some(t) => {
                 t.close(ABORT);
+                self.metrics.shed.inc();
                 true
             }
             None => false,
@@ -344,6 +359,7 @@ pub async fn serve<H: Handler>(
         next_id: AtomicU64::new(0),
         conns: Mutex::new(HashMap::new()),
         ended: Notify::new(),
+        metrics: settings.metrics.clone(),
     });
     let settings = Arc::new(settings);
     loop {
@@ -368,6 +384,7 @@ pub async fn serve<H: Handler>(
                 };
                 if registry.len() >= settings.max_connections && !registry.shed_oldest_idle() {
                     tracing::debug!(role = settings.role, client = %peer, max = settings.max_connections, "connection refused: at the connection cap and none idle");
+                    settings.metrics.refused.inc();
                     drop(stream);
                     continue;
                 }
@@ -471,13 +488,16 @@ async fn connection<H: Handler>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(client = %conn.client, error = %e, "TLS handshake failed");
+            settings.metrics.tls_failed.inc();
             return;
         }
         Err(_) => {
             tracing::debug!(client = %conn.client, "TLS handshake timeout");
+            settings.metrics.tls_timeout.inc();
             return;
         }
     };
+    settings.metrics.tls_ok.inc();
     conn.tls = Some(Arc::new(tls.info(stream.get_ref().1)));
     conn.scheme = "https";
     http(stream, conn, deadline, tracker, registry, settings, handler).await
@@ -513,6 +533,10 @@ async fn http<S, H>(
             return;
         }
     };
+    match protocol {
+        Protocol::Http1 => settings.metrics.http1.inc(),
+        Protocol::Http2 => settings.metrics.http2.inc(),
+    };
     let watch = matches!(protocol, Protocol::Http2).then(|| Watch {
         frames: FrameWatch::new(H2_PREFACE.len()),
         tracker: tracker.clone(),
@@ -524,6 +548,16 @@ async fn http<S, H>(
         inner: stream,
         watch,
     });
+    // HTTP/2: a turn per request being handled, up to the response head (a
+    // long streamed body does not hold one, or a client multiplexing
+    // long-lived streams would stall). HTTP/1.1 has one request at a time.
+    let turns = (matches!(protocol, Protocol::Http2)
+        && settings.max_requests_in_flight < settings.max_concurrent_streams)
+        .then(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                settings.max_requests_in_flight as usize,
+            ))
+        });
     let service = {
         let (tracker, registry, conn) = (tracker.clone(), registry.clone(), conn.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -532,9 +566,15 @@ async fn http<S, H>(
                 tracker: tracker.clone(),
                 registry: registry.clone(),
             };
-            let response = handler.clone().call(req, conn.clone());
+            let (handler, conn, turns) = (handler.clone(), conn.clone(), turns.clone());
             async move {
-                let resp = response.await;
+                // Never closed, so acquiring only waits.
+                let turn = match turns {
+                    Some(t) => t.acquire_owned().await.ok(),
+                    None => None,
+                };
+                let resp = handler.call(req, conn).await;
+                drop(turn);
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
                     inner: body,
                     _guard: guard,

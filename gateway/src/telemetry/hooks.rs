@@ -118,6 +118,26 @@ impl HookSummary {
         self
     }
 
+    /// As a Prometheus histogram: the sum in seconds, the count, and each
+    /// bucket's upper bound in seconds with its own (not cumulative) count;
+    /// the last bucket's bound is `f64::MAX`, written as `+Inf`.
+    pub fn histogram(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let le = if i == BUCKETS - 1 {
+                    f64::MAX
+                } else {
+                    (1u64 << i) as f64 / 1e6
+                };
+                (le, *n)
+            })
+            .collect();
+        (self.micros as f64 / 1e6, self.calls, buckets)
+    }
+
     fn quantile(&self, q: f64) -> f64 {
         let want = (self.calls as f64 * q).ceil() as u64;
         let mut seen = 0;
@@ -152,6 +172,13 @@ mod tests {
         assert!(sum.p99_ms >= 5.0 && sum.p99_ms <= 8.192, "{}", sum.p99_ms);
         assert_eq!(sum.failures["trap"], 2);
         assert_eq!(sum.failures["deadline"], 2);
+        let (sum_s, count, buckets) = sum.histogram();
+        assert_eq!(count, 200);
+        assert!((sum_s - (196.0 * 3e-6 + 2.0 * 0.005 + 2.0 * 0.05)).abs() < 1e-9);
+        assert_eq!(buckets.len(), BUCKETS);
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 200);
+        assert_eq!(buckets[2], (4e-6, 196), "3 µs counts under 4 µs");
+        assert_eq!(buckets[BUCKETS - 1].0, f64::MAX);
         let mut none = HookSummary::default();
         s.add_to(Hook::Response, &mut none);
         assert_eq!(none.finish().calls, 0);

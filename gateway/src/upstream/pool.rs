@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::retry::is_idempotent;
 use super::tls::{Connector, Stream};
 use super::UpstreamErrorKind;
 use crate::body::{Body, BodyError};
@@ -153,9 +154,39 @@ impl EndpointPool {
             };
             reused = false;
         }
+        // A reused connection may have been closed by the endpoint while our
+        // request was on its way (it sees the close only after writing): a
+        // bodiless idempotent request that got no response head is sent once
+        // more on a new connection, as nginx does for a cached connection.
+        // Nothing else is: a body may be half consumed, and a POST may have
+        // been acted on.
+        let again =
+            (reused && req.body().is_end_stream() && is_idempotent(req.method())).then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                )
+            });
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.pooled(resp, sender)),
             Err(mut e) => match e.take_message() {
+                None if again.is_some() && classify(e.error()) == UpstreamErrorKind::Reset => {
+                    tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed under the request; sending it again on a new one");
+                    let (method, uri, headers) = again.expect("checked");
+                    let mut req = http::Request::new(crate::body::empty());
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    let mut sender = self.connect().await.map_err(Failed::sent)?;
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => Ok(self.pooled(resp, sender)),
+                        Err(mut e) => Err(Failed {
+                            kind: classify(e.error()),
+                            unsent: e.take_message(),
+                        }),
+                    }
+                }
                 Some(unsent) if reused => {
                     tracing::debug!(endpoint = %self.addr, error = %e.error(), "pooled connection closed; retrying on a new one");
                     let mut sender = match self.connect().await {

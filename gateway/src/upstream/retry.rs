@@ -143,7 +143,7 @@ impl RetryPolicy {
 }
 
 /// RFC 9110 §9.2.2.
-fn is_idempotent(m: &http::Method) -> bool {
+pub(crate) fn is_idempotent(m: &http::Method) -> bool {
     use http::Method as M;
     [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(m)
 }

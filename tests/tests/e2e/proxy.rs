@@ -321,6 +321,73 @@ async fn pooled_connections_the_upstream_closed_are_replaced() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
 
+/// An origin that answers the first request on each connection and closes
+/// the connection, unanswered, on the second: the moment a pooled
+/// connection dies under a request already written to it.
+async fn closes_under_the_second_request() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                let mut answered = false;
+                loop {
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if answered {
+                            return;
+                        }
+                        seen.drain(..end + 4);
+                        answered = true;
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_the_pooled_connection_died_under_goes_again_and_a_post_does_not() {
+    let (addr, accepted) = closes_under_the_second_request().await;
+    let gw = TestGateway::start(&single_upstream(addr)).await;
+    let c = HttpClient::new();
+    assert_eq!(c.get(&gw.url("/first"), &[]).await.status, 200);
+    // Written to the pooled connection, which closes unanswered: the GET
+    // had no body and is idempotent, so it goes again on a new connection.
+    let r = c.get(&gw.url("/second"), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A POST may have been acted on: it is not sent twice.
+    let r = c
+        .send(
+            "POST",
+            &gw.url("/third"),
+            &[],
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
     let (addr, accepted) = counting_backend(false).await;

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use wicket_tests::{backend, fill, scratch_dir, GatewayProcess, HttpClient, TestGateway};
+use wicket_tests::{backend, fill, metric, scratch_dir, GatewayProcess, HttpClient, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_through_a_three_plugin_chain() {
@@ -93,6 +93,44 @@ routes:
         "{text}"
     );
     assert!(text.contains("wicket_requests_total"), "{text}");
+    // Every hook call is in the plugin's histogram.
+    let hook = [("plugin", "counter"), ("hook", "on-request")];
+    let count = "wicket_plugin_hook_duration_seconds_count";
+    assert_eq!(metric(&text, count, &hook), Some(100.0), "{text}");
+    let inf = [
+        ("plugin", "counter"),
+        ("hook", "on-request"),
+        ("le", "+Inf"),
+    ];
+    let bucket = "wicket_plugin_hook_duration_seconds_bucket";
+    assert_eq!(metric(&text, bucket, &inf), Some(100.0), "{text}");
+    let sum = metric(&text, "wicket_plugin_hook_duration_seconds_sum", &hook).unwrap();
+    assert!(sum > 0.0 && sum < 100.0, "{sum}");
+    // Connections by listener, role and protocol; the scrape's own is open.
+    let proxy = gw.gateway.addrs()[0].to_string();
+    let http1 = [
+        ("listener", proxy.as_str()),
+        ("role", "proxy"),
+        ("protocol", "http1"),
+    ];
+    let opened = metric(&text, "wicket_connections_total", &http1).unwrap();
+    assert!((1.0..=100.0).contains(&opened), "{text}");
+    let admin_open = [("role", "admin")];
+    assert!(metric(&text, "wicket_connections_open", &admin_open).unwrap() >= 1.0);
+    assert_eq!(
+        metric(&text, "wicket_connections_refused_total", &[]),
+        Some(0.0)
+    );
+    // Which build this is.
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("contract", "0.1.4"),
+    ];
+    assert_eq!(
+        metric(&text, "wicket_build_info", &build),
+        Some(1.0),
+        "{text}"
+    );
     let s = c.get(&format!("http://{admin}/status"), &[]).await;
     assert_eq!(s.json()["generation"], 1);
 }

@@ -340,6 +340,14 @@ async fn mutual_tls_required_refuses_clients_without_a_valid_certificate() {
     assert!(out.ends_with("\n200"), "{out}");
     let (code, _, _) = site.curl("a.test", "/r", &[]);
     assert_ne!(code, 0, "curl without a certificate is refused");
+    // Refused handshakes are counted apart from completed ones.
+    let text = site.gw.gateway.shared().runtime().metrics().encode();
+    let handshakes = |result| {
+        let labels = [("role", "proxy"), ("result", result)];
+        wicket_tests::metric(&text, "wicket_tls_handshakes_total", &labels).unwrap()
+    };
+    assert!(handshakes("ok") >= 2.0, "{text}");
+    assert!(handshakes("failed") >= 3.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,6 +402,10 @@ async fn a_silent_or_stalled_tls_handshake_is_closed_at_the_handshake_timeout() 
         assert_eq!(n, 0, "closed without an answer");
         assert!(started.elapsed() >= Duration::from_millis(300));
     }
+    let text = site.gw.gateway.shared().runtime().metrics().encode();
+    let timeout = [("role", "proxy"), ("result", "timeout")];
+    let timeouts = wicket_tests::metric(&text, "wicket_tls_handshakes_total", &timeout);
+    assert_eq!(timeouts, Some(2.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -915,3 +915,90 @@ async fn http2_floods_get_goaway_and_legitimate_clients_are_still_served() {
     assert_eq!(legit().await, Ok(200));
     assert!(t.protected.take().is_empty());
 }
+
+/// An origin that answers each request after `delay`, counting how many it
+/// holds at once: `(address, the most it has held)`.
+async fn concurrency_backend(delay: Duration) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (now, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let seen = peak.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (now, peak) = (now.clone(), peak.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let (now, peak) = (now.clone(), peak.clone());
+                    async move {
+                        let held = now.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(held, SeqCst);
+                        tokio::time::sleep(delay).await;
+                        now.fetch_sub(1, SeqCst);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_has_at_most_its_requests_in_flight_and_the_rest_wait_their_turn() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, peak) = concurrency_backend(Duration::from_millis(100)).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0", limits: {{ max_requests_in_flight: 8 }} }}]
+upstreams: {{ b: {{ endpoints: [{{ address: "{addr}" }}] }} }}
+routes: [{{ name: r, match: {{ path: "/{{*p}}" }}, upstream: b }}]
+"#
+    ))
+    .await;
+    // 40 streams at once on one connection: every one is served, 8 at a time.
+    let one = HttpClient::http2();
+    // Connected first, so the streams below share that one connection.
+    assert_eq!(one.get(&gw.url("/warm"), &[]).await.status, 200);
+    peak.store(0, SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (c, url) = (one.clone(), gw.url(&format!("/one/{i}")));
+        tasks.push(tokio::spawn(async move { c.get(&url, &[]).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            200,
+            "a waiting stream is served, not refused"
+        );
+    }
+    assert_eq!(
+        peak.load(SeqCst),
+        8,
+        "at most 8 upstream requests from one connection"
+    );
+    // The bound is per connection: two connections have 16 between them.
+    let two = HttpClient::http2();
+    assert_eq!(two.get(&gw.url("/warm"), &[]).await.status, 200);
+    peak.store(0, SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let c = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let url = gw.url(&format!("/two/{i}"));
+        tasks.push(tokio::spawn(async move { c.get(&url, &[]).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let both = peak.load(SeqCst);
+    assert!(
+        both > 8 && both <= 16,
+        "two connections held {both} at once"
+    );
+}
