@@ -462,7 +462,7 @@ fn default_max_concurrent_streams() -> u32 {
     100
 }
 fn default_max_requests_in_flight() -> u32 {
-    32
+    16
 }
 
 impl Default for ListenerLimits {
