@@ -110,6 +110,7 @@ impl Snapshot {
             if let Some(prev) = previous
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|p| p.config() == u)
+                .filter(|p| crate::server::tls::files_unchanged(p.tls_files()))
             {
                 upstreams.insert(name.clone(), prev.clone());
                 continue;
@@ -440,10 +441,15 @@ impl Snapshot {
         self.tls.get(index).cloned().flatten()
     }
 
-    /// Every certificate, key and CA file the listeners read, with the
-    /// digest of what was read.
+    /// Every certificate, key and CA file the listeners and the upstreams
+    /// read, with the digest of what was read: the watcher watches them, and
+    /// a reload that finds one changed rebuilds what read it.
     pub fn tls_files(&self) -> impl Iterator<Item = &(PathBuf, [u8; 32])> {
-        self.tls.iter().flatten().flat_map(|t| t.files.iter())
+        self.tls
+            .iter()
+            .flatten()
+            .flat_map(|t| t.files.iter())
+            .chain(self.upstreams.values().flat_map(|u| u.tls_files().iter()))
     }
 
     /// Publish this generation's certificates (expiry metric).

@@ -440,6 +440,12 @@ impl Upstream {
         &self.config
     }
 
+    /// The TLS files (CA bundle, client certificate and key) it was built
+    /// from, with their SHA-256.
+    pub fn tls_files(&self) -> &[(std::path::PathBuf, [u8; 32])] {
+        self.tls.as_ref().map_or(&[], |t| t.files())
+    }
+
     /// Whether it speaks HTTP/1.1 (so upgrades can go through).
     pub fn is_http1(&self) -> bool {
         self.config.protocol == UpstreamProtocol::Http1

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -25,6 +25,26 @@ use crate::server::tls::provider;
 pub(crate) struct Connector {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
+    /// The files it was built from, with their SHA-256: a change to one
+    /// rebuilds the upstream at the next reload (and the watcher reloads).
+    files: Vec<(PathBuf, [u8; 32])>,
+}
+
+/// Read `path` for `field`, noting its digest in `files`.
+fn read_file(
+    path: PathBuf,
+    field: &str,
+    files: &mut Vec<(PathBuf, [u8; 32])>,
+) -> Result<Vec<u8>, (String, String)> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(&path).map_err(|e| {
+        (
+            field.to_string(),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    files.push((path, Sha256::digest(&bytes).into()));
+    Ok(bytes)
 }
 
 impl Connector {
@@ -41,6 +61,7 @@ impl Connector {
                     .map_err(|e| ("tls.server_name".to_string(), e.to_string()))?,
             ),
         };
+        let mut files = Vec::new();
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ("tls".to_string(), e.to_string()))?;
@@ -48,13 +69,7 @@ impl Connector {
             let mut roots = RootCertStore::empty();
             match &tls.ca {
                 Some(ca) => {
-                    let path = base.join(ca);
-                    let pem = std::fs::read(&path).map_err(|e| {
-                        (
-                            "tls.ca".to_string(),
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?;
+                    let pem = read_file(base.join(ca), "tls.ca", &mut files)?;
                     for cert in CertificateDer::pem_slice_iter(&pem) {
                         let cert = cert.map_err(|e| {
                             ("tls.ca".to_string(), format!("not a PEM bundle: {e}"))
@@ -87,22 +102,23 @@ impl Connector {
         let mut config = match &tls.client_certificate {
             None => builder.with_no_client_auth(),
             Some(c) => {
-                let cert_path = base.join(&c.cert);
-                let key_path = base.join(&c.key);
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-                    .and_then(|i| i.collect::<Result<_, _>>())
+                let (cert_field, key_field) =
+                    ("tls.client_certificate.cert", "tls.client_certificate.key");
+                let cert_pem = read_file(base.join(&c.cert), cert_field, &mut files)?;
+                let key_pem = read_file(base.join(&c.key), key_field, &mut files)?;
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+                    .collect::<Result<_, _>>()
                     .map_err(|e| {
                         (
-                            "tls.client_certificate.cert".to_string(),
-                            format!("cannot read {}: {e}", cert_path.display()),
+                            cert_field.to_string(),
+                            format!("not a PEM certificate chain: {e}"),
                         )
                     })?;
-                let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-                    (
-                        "tls.client_certificate.key".to_string(),
-                        format!("cannot read {}: {e}", key_path.display()),
-                    )
-                })?;
+                if chain.is_empty() {
+                    return Err((cert_field.into(), "holds no certificate".into()));
+                }
+                let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| (key_field.to_string(), format!("not a PEM private key: {e}")))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| ("tls.client_certificate".to_string(), e.to_string()))?
@@ -115,7 +131,13 @@ impl Connector {
         Ok(Connector {
             config: Arc::new(config),
             server_name,
+            files,
         })
+    }
+
+    /// The files it was built from, with their SHA-256.
+    pub(crate) fn files(&self) -> &[(PathBuf, [u8; 32])] {
+        &self.files
     }
 
     /// Handshake on `tcp` to the endpoint at `addr`.

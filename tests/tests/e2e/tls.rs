@@ -615,3 +615,69 @@ async fn upstream_protocol_settings_that_cannot_work_are_refused() {
         assert!(err.contains(at) && err.contains(what), "{upstream}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_ca_changed_on_disk_is_applied_and_a_broken_one_keeps_the_last() {
+    let (ca, other) = (Ca::new("Upstream CA"), Ca::new("Another CA"));
+    let origin = https_origin(&ca.server(&["origin.internal"], Validity::Current), None).await;
+    let dir = scratch_dir("upstream-tls-watch");
+    // Written aside and renamed in, as an operator (or a secret mount) does.
+    let put = |pem: &str| {
+        std::fs::write(dir.join("ca.pem.new"), pem).unwrap();
+        std::fs::rename(dir.join("ca.pem.new"), dir.join("ca.pem")).unwrap();
+    };
+    put(&ca.pem);
+    let yaml = format!(
+        r#"
+listeners: [{{ address: "127.0.0.1:0" }}]
+watch_debounce_ms: 50
+upstreams:
+  o: {{ tls: {{ server_name: origin.internal, ca: ca.pem }}, endpoints: [{{ address: "{origin}" }}] }}
+routes: [{{ name: o, match: {{ path: "/{{*p}}" }}, upstream: o }}]
+"#
+    );
+    let config_path = dir.join("wicket.yaml");
+    std::fs::write(&config_path, fill(&yaml, &[])).unwrap();
+    let gw = TestGateway::start_file(config_path, wicket::Clock::system(), true).await;
+    let c = HttpClient::new();
+    assert_eq!(c.get(&gw.url("/x"), &[]).await.status, 200);
+    let metrics = gw.gateway.shared().runtime().metrics().clone();
+
+    // A broken bundle is refused at its field; the last one keeps serving.
+    put("not a certificate\n");
+    until("the broken bundle is refused", || {
+        metrics.reload_count("error") >= 1
+    })
+    .await;
+    assert_eq!(c.get(&gw.url("/x"), &[]).await.status, 200);
+    let error = gw.gateway.shared().status().last_error.unwrap_or_default();
+    assert!(error.contains("upstreams.o.tls.ca"), "{error}");
+
+    // A bundle without the origin's CA: applied, and new connections refuse
+    // the origin's certificate.
+    put(&other.pem);
+    until("the new bundle is applied", || {
+        metrics.reload_count("ok") >= 1
+    })
+    .await;
+    let r = c.get(&gw.url("/x"), &[]).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.json()["error"], "upstream_certificate_invalid");
+
+    // And back.
+    put(&ca.pem);
+    until("the first bundle is applied again", || {
+        metrics.reload_count("ok") >= 2
+    })
+    .await;
+    assert_eq!(c.get(&gw.url("/x"), &[]).await.status, 200);
+}
+
+/// Wait (up to 10 s) until `ok` holds.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
