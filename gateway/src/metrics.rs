@@ -665,8 +665,10 @@ impl Metrics {
     }
 }
 
-/// One plugin hook's calls, summed over the plugin's pools.
+/// One pool's calls of one hook: the plugin, the pool (a digest of its
+/// per-route config), the hook, the counts.
 pub type HookSeries = (
+    String,
     String,
     crate::telemetry::hooks::Hook,
     crate::telemetry::hooks::HookSummary,
@@ -676,8 +678,9 @@ type HookSource = Box<dyn Fn() -> Vec<HookSeries> + Send + Sync>;
 
 /// Plugin hook durations as a Prometheus histogram, read at each scrape from
 /// the counters the admin page shows: a hook call adds to a few atomics and
-/// allocates nothing for its metric. The series of a plugin whose pools a
-/// reload rebuilt start again from zero (a counter reset to Prometheus).
+/// allocates nothing for its metric. One series per pool, so a pool a reload
+/// rebuilds starts its own series again from zero (a true counter reset)
+/// instead of lowering a sum over pools, which Prometheus would misread.
 #[derive(Default)]
 struct HookCollector {
     source: OnceLock<HookSource>,
@@ -701,9 +704,10 @@ impl Collector for HookCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (plugin, hook, summary) in &series {
+        for (plugin, pool, hook, summary) in &series {
             let labels = vec![
                 ("plugin".to_string(), plugin.clone()),
+                ("pool".to_string(), pool.clone()),
                 ("hook".to_string(), hook.name().to_string()),
             ];
             let (sum, count, buckets) = summary.histogram();

@@ -541,23 +541,24 @@ impl Snapshot {
         self.routes.len()
     }
 
-    /// Each plugin's hook calls, summed over its pools, for the Prometheus
-    /// histogram; hooks never called are left out.
+    /// Each pool's hook calls, for the Prometheus histogram: labelled by the
+    /// plugin and the first 8 hex digits of the SHA-256 of the pool's
+    /// per-route config (stable across reloads that keep it); hooks never
+    /// called are left out.
     pub fn hook_series(&self) -> Vec<crate::metrics::HookSeries> {
         use crate::telemetry::hooks::{Hook, HookSummary};
-        let mut names: Vec<&String> = self.plugins.keys().collect();
-        names.sort();
+        use sha2::Digest;
+        let mut pools: Vec<_> = self.pools.iter().collect();
+        pools.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::new();
-        for name in names {
+        for ((plugin, config), pool) in pools {
+            let digest = sha2::Sha256::digest(config.as_bytes());
+            let id = hex(&digest[..4]);
             for hook in [Hook::Request, Hook::Response] {
                 let mut sum = HookSummary::default();
-                for ((plugin, _), pool) in &self.pools {
-                    if plugin == name {
-                        pool.stats().add_to(hook, &mut sum);
-                    }
-                }
+                pool.stats().add_to(hook, &mut sum);
                 if sum.calls > 0 {
-                    out.push((name.clone(), hook, sum));
+                    out.push((plugin.clone(), id.clone(), hook, sum));
                 }
             }
         }

@@ -332,7 +332,9 @@ pub fn component(name: &str) -> String {
 }
 
 /// The sum of the samples of `name` in Prometheus text `text` whose labels
-/// include every pair of `labels` (`None` when no sample matches).
+/// include every pair of `labels` (`None` when no sample matches). For the
+/// gateway's own output: label values without commas or `} `, no exemplars
+/// or timestamps.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {

@@ -548,9 +548,12 @@ async fn http<S, H>(
         inner: stream,
         watch,
     });
-    // HTTP/2: a turn per request being handled, up to the response head (a
-    // long streamed body does not hold one, or a client multiplexing
-    // long-lived streams would stall). HTTP/1.1 has one request at a time.
+    // HTTP/2: a turn per bodiless request being handled, up to the response
+    // head — the shape of a many-streams flood. A request with a body (an
+    // upload, every gRPC call) takes no turn: while it waited its DATA would
+    // fill the connection's flow-control window and stall the streams that
+    // hold turns. gRPC is exempt as such too (a server-streaming call may
+    // answer its head late). HTTP/1.1 has one request at a time.
     let turns = (matches!(protocol, Protocol::Http2)
         && settings.max_requests_in_flight < settings.max_concurrent_streams)
         .then(|| {
@@ -570,8 +573,8 @@ async fn http<S, H>(
             async move {
                 // Never closed, so acquiring only waits.
                 let turn = match turns {
-                    Some(t) => t.acquire_owned().await.ok(),
-                    None => None,
+                    Some(t) if takes_turn(&req) => t.acquire_owned().await.ok(),
+                    _ => None,
                 };
                 let resp = handler.call(req, conn).await;
                 drop(turn);
@@ -605,6 +608,17 @@ async fn http<S, H>(
             watch_connection(c, &conn, tracker, registry, settings).await;
         }
     }
+}
+
+/// Whether an HTTP/2 request waits for a turn under
+/// `max_requests_in_flight`: one without a body that is not gRPC.
+fn takes_turn(req: &Request<Incoming>) -> bool {
+    use http_body::Body as _;
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    req.body().is_end_stream() && !grpc
 }
 
 /// A hyper connection that can be asked to finish gracefully.

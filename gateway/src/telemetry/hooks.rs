@@ -120,7 +120,9 @@ impl HookSummary {
 
     /// As a Prometheus histogram: the sum in seconds, the count, and each
     /// bucket's upper bound in seconds with its own (not cumulative) count;
-    /// the last bucket's bound is `f64::MAX`, written as `+Inf`.
+    /// the last bucket's bound is `f64::MAX`, written as `+Inf`. The count
+    /// is the buckets' total (read while calls are counted, `calls` may be
+    /// a call ahead of them, and `+Inf` must equal the count).
     pub fn histogram(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let buckets = self
             .buckets
@@ -135,7 +137,8 @@ impl HookSummary {
                 (le, *n)
             })
             .collect();
-        (self.micros as f64 / 1e6, self.calls, buckets)
+        let count = self.buckets.iter().sum();
+        (self.micros as f64 / 1e6, count, buckets)
     }
 
     fn quantile(&self, q: f64) -> f64 {

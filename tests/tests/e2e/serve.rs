@@ -122,9 +122,10 @@ routes:
         Some(0.0)
     );
     // Which build this is.
+    let contract = wicket_tests::wicket::plugin::contract_version();
     let build = [
         ("version", env!("CARGO_PKG_VERSION")),
-        ("contract", "0.1.4"),
+        ("contract", contract),
     ];
     assert_eq!(
         metric(&text, "wicket_build_info", &build),

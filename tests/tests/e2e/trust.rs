@@ -952,7 +952,7 @@ async fn concurrency_backend(delay: Duration) -> (SocketAddr, Arc<std::sync::ato
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_has_at_most_its_requests_in_flight_and_the_rest_wait_their_turn() {
     use std::sync::atomic::Ordering::SeqCst;
-    let (addr, peak) = concurrency_backend(Duration::from_millis(100)).await;
+    let (addr, peak) = concurrency_backend(Duration::from_millis(250)).await;
     let gw = TestGateway::start(&format!(
         r#"
 listeners: [{{ address: "127.0.0.1:0", limits: {{ max_requests_in_flight: 8 }} }}]
@@ -1000,5 +1000,24 @@ routes: [{{ name: r, match: {{ path: "/{{*p}}" }}, upstream: b }}]
     assert!(
         both > 8 && both <= 16,
         "two connections held {both} at once"
+    );
+    // A request with a body takes no turn (its waiting DATA would fill the
+    // connection's flow-control window and stall the ones holding turns).
+    peak.store(0, SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (one.clone(), gw.url(&format!("/upload/{i}")));
+        let body = Bytes::from(vec![b'x'; 1024]);
+        tasks.push(tokio::spawn(async move {
+            c.send("POST", &url, &[], body).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let uploads = peak.load(SeqCst);
+    assert!(
+        uploads > 8,
+        "uploads are not held to the bound: {uploads} at once"
     );
 }
