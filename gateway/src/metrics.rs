@@ -645,13 +645,13 @@ impl Metrics {
         &self,
         source: impl Fn() -> Vec<UpstreamStatus> + Send + Sync + 'static,
     ) {
-        let _ = self.upstreams.source.set(Box::new(source));
+        self.upstreams.source.set(source);
     }
 
     /// Where the plugin hook histograms are read from at each scrape: the
     /// pools of the current snapshot (set once, when the gateway starts).
     pub fn read_hooks_from(&self, source: impl Fn() -> Vec<HookSeries> + Send + Sync + 'static) {
-        let _ = self.hooks.source.set(Box::new(source));
+        self.hooks.source.set(source);
     }
 
     /// Everything in Prometheus text format.
@@ -674,30 +674,49 @@ pub type HookSeries = (
     crate::telemetry::hooks::HookSummary,
 );
 
-type HookSource = Box<dyn Fn() -> Vec<HookSeries> + Send + Sync>;
+/// Where a collector reads its values at each scrape, set once when the
+/// gateway starts; until then it reads nothing.
+struct ScrapeSource<T>(OnceLock<Box<dyn Fn() -> Vec<T> + Send + Sync>>);
+
+impl<T> Default for ScrapeSource<T> {
+    fn default() -> Self {
+        ScrapeSource(OnceLock::new())
+    }
+}
+
+impl<T> std::fmt::Debug for ScrapeSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ScrapeSource(set)"
+        } else {
+            "ScrapeSource(unset)"
+        })
+    }
+}
+
+impl<T> ScrapeSource<T> {
+    fn set(&self, source: impl Fn() -> Vec<T> + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(source));
+    }
+
+    fn read(&self) -> Vec<T> {
+        self.0.get().map(|f| f()).unwrap_or_default()
+    }
+}
 
 /// Plugin hook durations as a Prometheus histogram, read at each scrape from
 /// the counters the admin page shows: a hook call adds to a few atomics and
 /// allocates nothing for its metric. One series per pool, so a pool a reload
 /// rebuilds starts its own series again from zero (a true counter reset)
 /// instead of lowering a sum over pools, which Prometheus would misread.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct HookCollector {
-    source: OnceLock<HookSource>,
-}
-
-impl std::fmt::Debug for HookCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HookCollector")
-    }
+    source: ScrapeSource<HookSeries>,
 }
 
 impl Collector for HookCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(source) = self.source.get() else {
-            return Ok(());
-        };
-        let series = source();
+        let series = self.source.read();
         let mut m = encoder.encode_descriptor(
             "plugin_hook_duration_seconds",
             "Plugin hook calls by plugin and hook (on-request, on-response): how long each took, failures included",
@@ -718,31 +737,20 @@ impl Collector for HookCollector {
     }
 }
 
-type UpstreamSource = Box<dyn Fn() -> Vec<UpstreamStatus> + Send + Sync>;
-
 /// A metric read from a status value: name, help, value.
 type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// Upstream and endpoint metrics, read from the live endpoint state at each
 /// scrape: an endpoint that discovery removed leaves no stale series, and a
 /// request pays nothing for them beyond the atomics it updates anyway.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct UpstreamCollector {
-    source: OnceLock<UpstreamSource>,
-}
-
-impl std::fmt::Debug for UpstreamCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpstreamCollector")
-    }
+    source: ScrapeSource<UpstreamStatus>,
 }
 
 impl Collector for UpstreamCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(source) = self.source.get() else {
-            return Ok(());
-        };
-        let upstreams = source();
+        let upstreams = self.source.read();
         let up = |u: &UpstreamStatus| vec![("upstream".to_string(), u.name.clone())];
         let per_upstream: [Series<UpstreamStatus>; 4] = [
             ("upstream_retries", "Retries made, by upstream", |u| {

@@ -81,6 +81,14 @@ pub struct ListenerTls {
     pub source: TlsConfig,
 }
 
+/// Read `path`, noting it in `files` with the SHA-256 of what was read (for
+/// [`files_unchanged`], and so the watcher watches it).
+pub fn read_noted(path: PathBuf, files: &mut Vec<(PathBuf, [u8; 32])>) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(&path)?;
+    files.push((path, <[u8; 32]>::from(Sha256::digest(&bytes))));
+    Ok(bytes)
+}
+
 /// Whether every file still holds the bytes it held when read.
 pub fn files_unchanged<'a>(files: impl IntoIterator<Item = &'a (PathBuf, [u8; 32])>) -> bool {
     files.into_iter().all(|(path, digest)| {
@@ -304,11 +312,8 @@ pub fn load(cfg: &TlsConfig, base: &Path, at: &str) -> Result<ListenerTls, Vec<C
         .map_or(0, |d| d.as_secs() as i64);
     let mut read = |field: String, file: &str, errors: &mut Vec<ConfigError>| {
         let path = base.join(file);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                files.push((path, <[u8; 32]>::from(Sha256::digest(&bytes))));
-                Some(bytes)
-            }
+        match read_noted(path.clone(), &mut files) {
+            Ok(bytes) => Some(bytes),
             Err(e) => {
                 errors.push(ConfigError::at(
                     field,

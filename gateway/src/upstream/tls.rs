@@ -36,15 +36,9 @@ fn read_file(
     field: &str,
     files: &mut Vec<(PathBuf, [u8; 32])>,
 ) -> Result<Vec<u8>, (String, String)> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(&path).map_err(|e| {
-        (
-            field.to_string(),
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    files.push((path, Sha256::digest(&bytes).into()));
-    Ok(bytes)
+    let shown = path.display().to_string();
+    crate::server::tls::read_noted(path, files)
+        .map_err(|e| (field.to_string(), format!("cannot read {shown}: {e}")))
 }
 
 impl Connector {

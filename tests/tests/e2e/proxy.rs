@@ -246,13 +246,23 @@ routes: [{ name: r, match: { path: "/{*p}" }, upstream: b }]
     assert_eq!(c.get(&gw.url("/ok"), &[]).await.status, 200);
 }
 
-/// A raw HTTP/1.1 backend answering `200 ok`: with `close_after_one`, each
-/// connection's first request is answered with keep-alive semantics and the
-/// connection then closed, so every pooled connection goes stale; otherwise
-/// each connection serves requests until the peer leaves. Returns the address
-/// and how many connections it accepted.
+/// When [`counting_backend`] closes a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Close {
+    /// Never: each connection serves requests until the peer leaves.
+    Never,
+    /// After answering its first request (with keep-alive semantics), so
+    /// every pooled connection goes stale.
+    AfterFirst,
+    /// On its second request, unanswered: the moment a pooled connection
+    /// dies under a request already written to it.
+    UnderSecond,
+}
+
+/// A raw HTTP/1.1 backend answering `200 ok`, closing connections as `close`
+/// says. Returns the address and how many connections it accepted.
 async fn counting_backend(
-    close_after_one: bool,
+    close: Close,
 ) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -270,14 +280,19 @@ async fn counting_backend(
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut seen = Vec::new();
+                let mut answered = false;
                 loop {
                     // Requests without bodies: each ends at its blank line.
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if answered && close == Close::UnderSecond {
+                            return;
+                        }
                         seen.drain(..end + 4);
                         // No `Connection: close` even when closing: the
                         // gateway pools the connection and must find it dead.
                         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() || close_after_one {
+                        answered = true;
+                        if s.write_all(reply).await.is_err() || close == Close::AfterFirst {
                             return;
                         }
                     }
@@ -306,7 +321,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_the_upstream_closed_are_replaced() {
-    let (addr, accepted) = counting_backend(true).await;
+    let (addr, accepted) = counting_backend(Close::AfterFirst).await;
     let gw = TestGateway::start(&single_upstream(addr)).await;
     let c = HttpClient::new();
     for i in 0..20 {
@@ -321,52 +336,9 @@ async fn pooled_connections_the_upstream_closed_are_replaced() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
 
-/// An origin that answers the first request on each connection and closes
-/// the connection, unanswered, on the second: the moment a pooled
-/// connection dies under a request already written to it.
-async fn closes_under_the_second_request() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                let mut answered = false;
-                loop {
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if answered {
-                            return;
-                        }
-                        seen.drain(..end + 4);
-                        answered = true;
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_the_pooled_connection_died_under_goes_again_and_a_post_does_not() {
-    let (addr, accepted) = closes_under_the_second_request().await;
+    let (addr, accepted) = counting_backend(Close::UnderSecond).await;
     let gw = TestGateway::start(&single_upstream(addr)).await;
     let c = HttpClient::new();
     assert_eq!(c.get(&gw.url("/first"), &[]).await.status, 200);
@@ -390,7 +362,7 @@ async fn a_get_the_pooled_connection_died_under_goes_again_and_a_post_does_not()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
-    let (addr, accepted) = counting_backend(false).await;
+    let (addr, accepted) = counting_backend(Close::Never).await;
     let gw = TestGateway::start(&single_upstream(addr)).await;
     let c = HttpClient::new();
     // Each exchange ends when its body has been read: the one connection
