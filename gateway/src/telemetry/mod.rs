@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod hooks;
+mod otlp;
 pub mod recent;
 pub mod trace;
 

@@ -37,6 +37,34 @@ use crate::body::{Body, BodyError};
 use crate::config::TracingConfig;
 use crate::plugin::{OutcomeResult, SpanNotes, UpstreamOutcome};
 use crate::request::Conn;
+use crate::telemetry::otlp::OtlpExporter;
+
+/// The W3C trace context headers of a request, as the propagator reads them.
+struct Extract<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The upstream request's headers, as the propagator writes them.
+struct Inject<'a>(&'a mut HeaderMap);
+
+impl opentelemetry::propagation::Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
 
 /// The tracer of one tracing configuration. Kept across reloads that do
 /// not change it, so spans already queued are not lost.
@@ -83,23 +111,26 @@ impl Tracing {
         if let Some(prev) = previous.filter(|p| p.config == *cfg) {
             return Ok(Some(prev.clone()));
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-        let exporter = {
-            use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-            exporter
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(cfg.otlp.endpoint.clone())
-                .with_timeout(Duration::from_millis(cfg.otlp.timeout_ms))
-                .with_headers(cfg.otlp.headers.clone().into_iter().collect())
-                .with_http_client(
-                    opentelemetry_http::hyper::HyperClient::with_default_connector(
-                        Duration::from_millis(cfg.otlp.timeout_ms),
-                        None,
-                    ),
-                )
+        let endpoint = cfg
+            .otlp
+            .endpoint
+            .parse::<http::Uri>()
+            .map_err(|e| ("tracing.otlp.endpoint".to_string(), e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &cfg.otlp.headers {
+            // `check` has made sure each parses.
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.append(n, v);
+            }
         }
-        .build()
-        .map_err(|e| ("tracing.otlp".to_string(), e.to_string()))?;
+        let exporter = OtlpExporter::new(
+            endpoint,
+            headers,
+            Duration::from_millis(cfg.otlp.timeout_ms),
+        );
         let pending = Arc::new(AtomicUsize::new(0));
         let exporter = Counted {
             inner: exporter,
@@ -163,9 +194,7 @@ impl Tracing {
         method: &http::Method,
         time: SystemTime,
     ) -> RequestTrace {
-        let parent = self
-            .propagator
-            .extract(&opentelemetry_http::HeaderExtractor(headers));
+        let parent = self.propagator.extract(&Extract(headers));
         let span = self.tracer.build_with_context(
             self.tracer
                 .span_builder(method.to_string())
@@ -391,7 +420,7 @@ impl RequestTrace {
         headers.remove("tracestate");
         self.tracing
             .propagator
-            .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+            .inject_context(&cx, &mut Inject(headers));
         UpstreamSpan { cx }
     }
 
