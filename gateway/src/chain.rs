@@ -259,7 +259,7 @@ fn note(
     pool.stats().record(hook, took, failure);
     if let Some(trace) = trace {
         let call = HookCall {
-            plugin: pool.plugin().name(),
+            plugin: pool.plugin().shared_name(),
             hook: hook.name(),
             decision,
             failure,

@@ -488,10 +488,9 @@ impl Gateway {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        // The spans of the last requests are sent before the process ends
-        // (the SDK blocks while it flushes: off the async workers).
+        // The spans of the last requests are sent before the process ends.
         if let Some(tracing) = self.shared.current().tracing.clone() {
-            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+            tracing.shutdown().await;
         }
     }
 }

@@ -74,7 +74,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         }
     };
     if let Some(trace) = &begun.trace {
-        trace.routed(&parts.method, &route.name, begun.id.as_str());
+        trace.routed(&route.name, &begun.id);
     }
     let bytes_in = snapshot.access_log.as_ref().and_then(|_| body.count_read());
     let authority = authority.into_string();

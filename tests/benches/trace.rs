@@ -63,12 +63,18 @@ fn tracing(collector: SocketAddr, ratio: f64) -> Arc<Tracing> {
 
 /// One request's spans, as the request path makes them.
 fn request(tracing: &Arc<Tracing>, head: &HeaderMap, conn: &Conn, hooks: usize) {
+    let route: Arc<str> = Arc::from("bench");
+    let plugins: [Arc<str>; 3] = [
+        "key-auth".into(),
+        "rate-limit".into(),
+        "traffic-split".into(),
+    ];
     let trace = tracing.start(head, &Method::GET, SystemTime::now());
     trace.request("api.example.com", "/bench", http::Version::HTTP_11, conn);
-    trace.routed(&Method::GET, "bench", "7f3c9a2e5b1d4c8e");
+    trace.routed(&route, &wicket::request::RequestId::next());
     for i in 0..hooks {
         let call = HookCall {
-            plugin: ["key-auth", "rate-limit", "traffic-split"][i % 3],
+            plugin: &plugins[i % 3],
             hook: "on-request",
             decision: "continue",
             failure: None,
@@ -124,8 +130,10 @@ fn spans(c: &mut Criterion) {
         })
     });
     group.finish();
-    sampled.shutdown();
-    unsampled.shutdown();
+    rt.block_on(async {
+        sampled.shutdown().await;
+        unsampled.shutdown().await;
+    });
 }
 
 criterion_group!(benches, spans);

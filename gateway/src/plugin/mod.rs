@@ -443,6 +443,11 @@ impl Plugin {
         &self.name
     }
 
+    /// Its name, shared (for records that outlive the call).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The SHA-256 of the module's bytes.
     pub fn digest(&self) -> [u8; 32] {
         self.digest

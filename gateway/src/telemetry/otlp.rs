@@ -1,274 +1,310 @@
-//! OTLP/HTTP export of finished spans: each batch is written straight from
-//! the SDK's span data into one protobuf `ExportTraceServiceRequest` and
-//! POSTed to the collector.
+//! OTLP/HTTP export: finished spans written straight into one protobuf
+//! `ExportTraceServiceRequest` per batch (the OTLP schema, v1) and POSTed to
+//! the collector.
 //!
-//! Why not the `opentelemetry-otlp` exporter: it first converts every span
-//! into the generated message types — a hash-map lookup of its scope, an
-//! owned vector or string for every id, name, attribute key and value — then
-//! encodes those and drops them. Measured with `cargo bench -p wicket-tests
-//! --bench trace`, that was half of what tracing a request cost the gateway
-//! core it runs on. This writes the same wire format (the OTLP protobuf
-//! schema, v1) with no allocation per span; the tests decode what it writes
-//! with the generated types and compare it with the SDK's own conversion.
+//! The encoding is written here rather than through generated message types:
+//! those want an owned vector or string for every id, name, attribute key and
+//! value, built and dropped for each span — measured with `cargo bench -p
+//! wicket-tests --bench trace`, converting and encoding that way was half of
+//! what a traced request cost. This writes the same bytes with no allocation
+//! per span; the tests decode them with the generated types.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::fmt::Write as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use opentelemetry::trace::{SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, Value};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 
-/// Sends batches to one collector.
+/// Why an export did not land.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExportError {
+    /// The collector could not be reached, or the exchange broke.
+    #[error("sending to the collector failed: {0}")]
+    Send(String),
+    /// It answered, but not with a success.
+    #[error("the collector answered {0}")]
+    Status(http::StatusCode),
+    /// No answer within the export timeout.
+    #[error("the collector did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends encoded batches to one collector.
 #[derive(Debug)]
-pub(crate) struct OtlpExporter {
+pub(crate) struct Sender {
     client: Client<HttpConnector, Full<Bytes>>,
     endpoint: Uri,
     headers: HeaderMap,
     timeout: Duration,
-    /// `ResourceSpans.resource` (field 1, key included) and
-    /// `ResourceSpans.schema_url`, written once when the SDK hands over the
-    /// resource: every batch carries the same.
-    resource: Vec<u8>,
-    schema_url: String,
 }
 
-impl OtlpExporter {
-    /// An exporter to `endpoint` (an `http://` URL, already checked), each
-    /// export request sending `headers` and cut after `timeout`.
-    pub(crate) fn new(endpoint: Uri, headers: HeaderMap, timeout: Duration) -> OtlpExporter {
+impl Sender {
+    /// A sender to `endpoint` (an `http://` URL, already checked), each
+    /// export request carrying `headers` and cut after `timeout`.
+    pub(crate) fn new(endpoint: Uri, mut headers: HeaderMap, timeout: Duration) -> Sender {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
-        OtlpExporter {
+        Sender {
             client,
             endpoint,
             headers,
             timeout,
-            resource: Vec::new(),
-            schema_url: String::new(),
         }
     }
 
-    async fn send(&self, body: Vec<u8>) -> OTelSdkResult {
+    /// POST one encoded request.
+    pub(crate) async fn send(&self, body: Bytes) -> Result<(), ExportError> {
         let mut req = http::Request::post(self.endpoint.clone())
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+            .body(Full::new(body))
+            .map_err(|e| ExportError::Send(e.to_string()))?;
         *req.headers_mut() = self.headers.clone();
-        req.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        );
         let exchange = async {
             let resp = self
                 .client
                 .request(req)
                 .await
-                .map_err(|e| OTelSdkError::InternalFailure(format!("{e:#}")))?;
+                .map_err(|e| ExportError::Send(format!("{e:#}")))?;
             let status = resp.status();
             // Read the answer whole, so the connection is kept for the next batch.
             let _ = resp.into_body().collect().await;
             if status.is_success() {
                 Ok(())
             } else {
-                Err(OTelSdkError::InternalFailure(format!(
-                    "the collector answered {status}"
-                )))
+                Err(ExportError::Status(status))
             }
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(OTelSdkError::Timeout(self.timeout)),
+            Err(_) => Err(ExportError::Timeout(self.timeout)),
         }
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let body = encode_request(&batch, &self.resource, &self.schema_url);
-        drop(batch);
-        self.send(body)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        let mut buf = Vec::new();
-        nested(&mut buf, 1, |r| {
-            for (key, value) in resource.iter() {
-                nested(r, 1, |kv| key_value(kv, key.as_str(), value));
-            }
-        });
-        self.resource = buf;
-        self.schema_url = resource.schema_url().unwrap_or_default().to_string();
-    }
+/// `ResourceSpans.resource` (field 1, key included) with `attributes`:
+/// written once, sent with every batch.
+pub(crate) fn resource<'a>(attributes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    nested(&mut buf, 1, |r| {
+        let mut a = Fields { b: r, field: 1 };
+        for (k, v) in attributes {
+            a.str(k, v);
+        }
+    });
+    buf
 }
 
-/// `ExportTraceServiceRequest` of `spans`: one `ResourceSpans` (the
-/// already-encoded `resource`), and a `ScopeSpans` for each run of spans
-/// from one instrumentation scope.
-pub(crate) fn encode_request(spans: &[SpanData], resource: &[u8], schema_url: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + resource.len() + spans.len() * 320);
-    if spans.is_empty() {
-        return out;
+/// One export request being written: a `ResourceSpans` with `resource` and
+/// one `ScopeSpans` (the gateway's) that [`Batch::span`] adds to.
+pub(crate) struct Batch {
+    /// Room for the `ResourceSpans` key and length, the resource, room for
+    /// the `ScopeSpans` key and length, then the `ScopeSpans` body: its
+    /// scope and its spans. The lengths are written into the room when the
+    /// batch is finished, so the body is never copied.
+    out: Vec<u8>,
+    resource_len: usize,
+    spans: usize,
+}
+
+/// Room for a key of field 1 or 2 and a length of up to 2^35 bytes.
+const ROOM: usize = 6;
+
+/// The instrumentation scope every span is reported under.
+const SCOPE: &str = "wicket";
+
+impl Batch {
+    /// Start a request for the gateway's resource.
+    pub(crate) fn new(resource: &[u8], capacity: usize) -> Batch {
+        let mut out = Vec::with_capacity(2 * ROOM + resource.len() + 16 + capacity * 300);
+        out.extend_from_slice(&[0; ROOM]);
+        out.extend_from_slice(resource);
+        out.extend_from_slice(&[0; ROOM]);
+        let resource_len = resource.len();
+        // ScopeSpans.scope: InstrumentationScope { name }.
+        nested(&mut out, 1, |s| string(s, 1, SCOPE));
+        Batch {
+            out,
+            resource_len,
+            spans: 0,
+        }
     }
-    nested(&mut out, 1, |rs| {
-        rs.extend_from_slice(resource);
-        let mut rest = spans;
-        while let Some(first) = rest.first() {
-            let scope = &first.instrumentation_scope;
-            let n = rest
-                .iter()
-                .take_while(|s| s.instrumentation_scope == *scope)
-                .count();
-            let (run, tail) = rest.split_at(n);
-            nested(rs, 2, |ss| {
-                nested(ss, 1, |b| instrumentation_scope(b, scope));
-                for span in run {
-                    nested(ss, 2, |b| encode_span(b, span));
+
+    /// Add a span: its fixed fields, then the attributes and events
+    /// `extra` writes.
+    pub(crate) fn span(&mut self, s: &Span<'_>, extra: impl FnOnce(&mut Fields<'_>)) {
+        self.spans += 1;
+        nested(&mut self.out, 2, |b| {
+            bytes(b, 1, &s.trace_id);
+            bytes(b, 2, &s.span_id);
+            string(b, 3, s.trace_state);
+            if let Some(parent) = s.parent {
+                bytes(b, 4, &parent);
+            }
+            nested(b, 5, |n| {
+                for piece in s.name {
+                    n.extend_from_slice(piece.as_bytes());
                 }
-                string(ss, 3, scope.schema_url().unwrap_or_default());
             });
-            rest = tail;
+            uint(b, 6, s.kind as u64);
+            fixed64(b, 7, s.start);
+            fixed64(b, 8, s.end);
+            // Attributes (9) and events (11) are repeated fields: their
+            // elements may come in any order.
+            extra(&mut Fields { b, field: 9 });
+            nested(b, 15, |st| {
+                if let Some(message) = s.error {
+                    string(st, 2, message);
+                    uint(st, 3, 2);
+                }
+            });
+            fixed32(b, 16, flags(s.parent_remote, s.sampled));
+        });
+    }
+
+    /// The encoded request; empty when no span was added.
+    pub(crate) fn finish(self) -> Bytes {
+        if self.spans == 0 {
+            return Bytes::new();
         }
-        string(rs, 3, schema_url);
-    });
-    out
+        let Batch {
+            mut out,
+            resource_len,
+            ..
+        } = self;
+        // ExportTraceServiceRequest.resource_spans(1) { resource,
+        // scope_spans(2) { scope, spans } }: the scope spans' key and length
+        // go just before their body, the resource moves up to meet them, and
+        // the resource spans' key and length go just before it.
+        let body_at = 2 * ROOM + resource_len;
+        let mut head = Vec::with_capacity(ROOM);
+        tag(&mut head, 2, LEN);
+        varint(&mut head, (out.len() - body_at) as u64);
+        let scope_at = body_at - head.len();
+        out[scope_at..body_at].copy_from_slice(&head);
+        let resource_at = scope_at - resource_len;
+        out.copy_within(ROOM..ROOM + resource_len, resource_at);
+        head.clear();
+        tag(&mut head, 1, LEN);
+        varint(&mut head, (out.len() - resource_at) as u64);
+        let start = resource_at - head.len();
+        out[start..resource_at].copy_from_slice(&head);
+        Bytes::from(out).slice(start..)
+    }
 }
 
-/// The OTLP flag bits of a span: the W3C trace flags, and whether its
+/// A span's fixed fields.
+pub(crate) struct Span<'a> {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) parent: Option<[u8; 8]>,
+    /// Whether the parent came from another process.
+    pub(crate) parent_remote: bool,
+    pub(crate) trace_state: &'a str,
+    pub(crate) sampled: bool,
+    /// The name, as pieces written one after the other.
+    pub(crate) name: &'a [&'a str],
+    pub(crate) kind: Kind,
+    /// Unix time in nanoseconds.
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    /// An error status, with its message.
+    pub(crate) error: Option<&'a str>,
+}
+
+/// `Span.SpanKind`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+}
+
+/// The OTLP flag bits of a span: the W3C sampled flag, and whether its
 /// parent came from another process.
-const HAS_IS_REMOTE: u32 = 0x100;
-const IS_REMOTE: u32 = 0x200;
+fn flags(remote: bool, sampled: bool) -> u32 {
+    const HAS_IS_REMOTE: u32 = 0x100;
+    const IS_REMOTE: u32 = 0x200;
+    u32::from(sampled) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
+}
 
-fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
-    let cx = &s.span_context;
-    bytes(b, 1, &cx.trace_id().to_bytes());
-    bytes(b, 2, &cx.span_id().to_bytes());
-    string(b, 3, &cx.trace_state().header());
-    if s.parent_span_id != SpanId::INVALID {
-        bytes(b, 4, &s.parent_span_id.to_bytes());
+/// Writes `KeyValue`s into a repeated field of the message being written
+/// (and, for a span, its events).
+pub(crate) struct Fields<'b> {
+    b: &'b mut Vec<u8>,
+    field: u32,
+}
+
+impl Fields<'_> {
+    /// A string attribute.
+    pub(crate) fn str(&mut self, key: &str, value: &str) {
+        self.value(key, |v| always_bytes(v, 1, value.as_bytes()));
     }
-    string(b, 5, &s.name);
-    uint(b, 6, span_kind(&s.span_kind));
-    fixed64(b, 7, nanos(s.start_time));
-    fixed64(b, 8, nanos(s.end_time));
-    for kv in &s.attributes {
-        nested(b, 9, |a| key_value(a, kv.key.as_str(), &kv.value));
-    }
-    uint(b, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
-        nested(b, 11, |ev| {
-            fixed64(ev, 1, nanos(e.timestamp));
-            string(ev, 2, &e.name);
-            for kv in &e.attributes {
-                nested(ev, 3, |a| key_value(a, kv.key.as_str(), &kv.value));
-            }
-            uint(ev, 4, u64::from(e.dropped_attributes_count));
+
+    /// A string attribute written with `Display`.
+    pub(crate) fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.value(key, |v| {
+            nested(v, 1, |s| {
+                let mut w = Utf8(s);
+                let _ = write!(w, "{value}");
+            })
         });
     }
-    uint(b, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
-        nested(b, 13, |lk| {
-            let cx = &l.span_context;
-            bytes(lk, 1, &cx.trace_id().to_bytes());
-            bytes(lk, 2, &cx.span_id().to_bytes());
-            string(lk, 3, &cx.trace_state().header());
-            for kv in &l.attributes {
-                nested(lk, 4, |a| key_value(a, kv.key.as_str(), &kv.value));
-            }
-            uint(lk, 5, u64::from(l.dropped_attributes_count));
-            fixed32(lk, 6, flags(cx.is_remote(), cx.trace_flags().to_u8()));
+
+    /// An integer attribute.
+    pub(crate) fn int(&mut self, key: &str, value: i64) {
+        self.value(key, |v| {
+            tag(v, 3, VARINT);
+            varint(v, value as u64);
         });
     }
-    uint(b, 14, u64::from(s.links.dropped_count));
-    nested(b, 15, |st| {
-        let code = match &s.status {
-            Status::Unset => 0,
-            Status::Ok => 1,
-            Status::Error { description } => {
-                string(st, 2, description);
-                2
+
+    /// A boolean attribute.
+    pub(crate) fn bool(&mut self, key: &str, value: bool) {
+        self.value(key, |v| {
+            tag(v, 2, VARINT);
+            varint(v, u64::from(value));
+        });
+    }
+
+    /// A span's event at `time` (Unix nanoseconds) with string attributes.
+    pub(crate) fn event<'a>(
+        &mut self,
+        name: &str,
+        time: u64,
+        attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        nested(self.b, 11, |e| {
+            fixed64(e, 1, time);
+            string(e, 2, name);
+            let mut a = Fields { b: e, field: 3 };
+            for (k, v) in attributes {
+                a.str(k, v);
             }
-        };
-        uint(st, 3, code);
-    });
-    fixed32(
-        b,
-        16,
-        flags(s.parent_span_is_remote, cx.trace_flags().to_u8()),
-    );
-}
+        });
+    }
 
-fn flags(remote: bool, trace_flags: u8) -> u32 {
-    u32::from(trace_flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
-}
-
-fn span_kind(kind: &SpanKind) -> u64 {
-    match kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
+    fn value(&mut self, key: &str, any_value: impl FnOnce(&mut Vec<u8>)) {
+        nested(self.b, self.field, |kv| {
+            string(kv, 1, key);
+            nested(kv, 2, any_value);
+        });
     }
 }
 
-fn instrumentation_scope(b: &mut Vec<u8>, scope: &InstrumentationScope) {
-    string(b, 1, scope.name());
-    string(b, 2, scope.version().unwrap_or_default());
-    for kv in scope.attributes() {
-        nested(b, 3, |a| key_value(a, kv.key.as_str(), &kv.value));
+/// `fmt::Write` into a byte buffer (what `Display` writes is UTF-8).
+struct Utf8<'b>(&'b mut Vec<u8>);
+
+impl std::fmt::Write for Utf8<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
-}
-
-/// A `KeyValue` message's fields.
-fn key_value(b: &mut Vec<u8>, key: &str, value: &Value) {
-    string(b, 1, key);
-    nested(b, 2, |v| any_value(v, value));
-}
-
-/// An `AnyValue` message's one field (a oneof: written even when it holds
-/// its type's default).
-fn any_value(b: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Bool(x) => {
-            tag(b, 2, VARINT);
-            varint(b, u64::from(*x));
-        }
-        Value::I64(x) => {
-            tag(b, 3, VARINT);
-            varint(b, *x as u64);
-        }
-        Value::F64(x) => {
-            tag(b, 4, FIXED64);
-            b.extend_from_slice(&x.to_bits().to_le_bytes());
-        }
-        Value::String(s) => always_bytes(b, 1, s.as_str().as_bytes()),
-        Value::Array(array) => nested(b, 5, |list| {
-            let mut item = |v: Value| nested(list, 1, |i| any_value(i, &v));
-            match array {
-                Array::Bool(xs) => xs.iter().for_each(|x| item(Value::Bool(*x))),
-                Array::I64(xs) => xs.iter().for_each(|x| item(Value::I64(*x))),
-                Array::F64(xs) => xs.iter().for_each(|x| item(Value::F64(*x))),
-                Array::String(xs) => xs.iter().for_each(|x| item(Value::String(x.clone()))),
-                // A kind of array a later API may add: its text.
-                other => item(Value::String(other.to_string().into())),
-            }
-        }),
-        // A kind of value a later API may add: its text.
-        other => always_bytes(b, 1, other.as_str().as_bytes()),
-    }
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 // The protobuf wire format: what the fields above are written with.
@@ -349,139 +385,174 @@ fn fixed32(b: &mut Vec<u8>, field: u32, v: u32) {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-    use std::time::Duration;
-
-    use opentelemetry::trace::{
-        Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-    };
-    use opentelemetry::{InstrumentationScope, KeyValue};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-    use opentelemetry_sdk::Resource;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use prost::Message as _;
 
     use super::*;
 
-    fn span(name: &'static str, parent: u64, scope: &InstrumentationScope) -> SpanData {
-        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let state = TraceState::from_key_value([("vendor", "opaque")]).unwrap();
-        let mut events = SpanEvents::default();
-        events.events.push(Event::new(
-            "refused",
-            start + Duration::from_micros(3),
-            vec![KeyValue::new("reason", "no key")],
-            1,
-        ));
-        let mut links = SpanLinks::default();
-        links.links.push(Link::new(
-            SpanContext::new(
-                TraceId::from(7),
-                SpanId::from(9),
-                TraceFlags::SAMPLED,
-                true,
-                TraceState::default(),
-            ),
-            vec![KeyValue::new("why", "follows")],
-            0,
-        ));
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
-                SpanId::from(0xb7ad_6b71_6920_3331 + parent),
-                TraceFlags::SAMPLED,
-                false,
-                state,
-            ),
-            parent_span_id: SpanId::from(parent),
-            parent_span_is_remote: parent == 1,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed(name),
-            start_time: start,
-            end_time: start + Duration::from_micros(250),
-            attributes: vec![
-                KeyValue::new("http.route", "users"),
-                KeyValue::new("http.response.status_code", 503_i64),
-                KeyValue::new("wicket.retries", -2_i64),
-                KeyValue::new("wicket.aborted", true),
-                KeyValue::new("wicket.ratio", 0.25),
-                KeyValue::new("empty", ""),
-                KeyValue::new(
-                    "list",
-                    opentelemetry::Value::Array(opentelemetry::Array::String(vec![
-                        "a".into(),
-                        "b".into(),
-                    ])),
-                ),
-                KeyValue::new("long", "x".repeat(300)),
-            ],
-            dropped_attributes_count: 2,
-            events,
-            links,
-            status: Status::error("upstream answered 5xx"),
-            instrumentation_scope: scope.clone(),
+    fn attr(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<Value> {
+        kvs.iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    }
+
+    #[test]
+    fn a_batch_decodes_as_the_generated_messages_with_every_field() {
+        let resource = resource([
+            ("service.name", "wicket"),
+            ("deployment.environment", "test"),
+        ]);
+        let mut batch = Batch::new(&resource, 2);
+        let long = "x".repeat(300);
+        batch.span(
+            &Span {
+                trace_id: [7; 16],
+                span_id: [1; 8],
+                parent: Some([2; 8]),
+                parent_remote: true,
+                trace_state: "vendor=1",
+                sampled: true,
+                name: &["GET", " ", "api"],
+                kind: Kind::Server,
+                start: 1_700_000_000_123_456_789,
+                end: 1_700_000_000_123_556_789,
+                error: Some("upstream_timeout"),
+            },
+            |a| {
+                a.str("http.route", "api");
+                a.int("http.response.status_code", 504);
+                a.int("negative", -2);
+                a.bool("wicket.aborted", true);
+                a.display("client.address", std::net::Ipv6Addr::LOCALHOST);
+                a.str("empty", "");
+                a.str("long", &long);
+                a.event(
+                    "api key refused",
+                    1_700_000_000_123_500_000,
+                    [("reason", "no key")],
+                );
+            },
+        );
+        batch.span(
+            &Span {
+                trace_id: [7; 16],
+                span_id: [3; 8],
+                parent: None,
+                parent_remote: false,
+                trace_state: "",
+                sampled: false,
+                name: &["upstream b"],
+                kind: Kind::Client,
+                start: 5,
+                end: 6,
+                error: None,
+            },
+            |_| {},
+        );
+        let bytes = batch.finish();
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid protobuf");
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let res = rs.resource.as_ref().unwrap();
+        assert_eq!(
+            attr(&res.attributes, "deployment.environment"),
+            Some(Value::StringValue("test".into()))
+        );
+        assert_eq!(rs.scope_spans.len(), 1);
+        assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "wicket");
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        let s = &spans[0];
+        assert_eq!(s.trace_id, vec![7; 16]);
+        assert_eq!(s.span_id, vec![1; 8]);
+        assert_eq!(s.parent_span_id, vec![2; 8]);
+        assert_eq!(s.trace_state, "vendor=1");
+        assert_eq!(s.name, "GET api");
+        assert_eq!(s.kind, 2);
+        assert_eq!(s.start_time_unix_nano, 1_700_000_000_123_456_789);
+        assert_eq!(s.end_time_unix_nano, 1_700_000_000_123_556_789);
+        assert_eq!(s.flags, 0x301);
+        assert_eq!(
+            attr(&s.attributes, "http.route"),
+            Some(Value::StringValue("api".into()))
+        );
+        assert_eq!(
+            attr(&s.attributes, "http.response.status_code"),
+            Some(Value::IntValue(504))
+        );
+        assert_eq!(attr(&s.attributes, "negative"), Some(Value::IntValue(-2)));
+        assert_eq!(
+            attr(&s.attributes, "wicket.aborted"),
+            Some(Value::BoolValue(true))
+        );
+        assert_eq!(
+            attr(&s.attributes, "client.address"),
+            Some(Value::StringValue("::1".into()))
+        );
+        assert_eq!(
+            attr(&s.attributes, "empty"),
+            Some(Value::StringValue(String::new()))
+        );
+        assert_eq!(
+            attr(&s.attributes, "long"),
+            Some(Value::StringValue(long.clone()))
+        );
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].name, "api key refused");
+        assert_eq!(s.events[0].time_unix_nano, 1_700_000_000_123_500_000);
+        assert_eq!(
+            attr(&s.events[0].attributes, "reason"),
+            Some(Value::StringValue("no key".into()))
+        );
+        let status = s.status.as_ref().unwrap();
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (2, "upstream_timeout")
+        );
+        let c = &spans[1];
+        assert!(c.parent_span_id.is_empty());
+        assert_eq!(c.kind, 3);
+        assert_eq!(c.flags, 0x100);
+        assert_eq!(c.status.as_ref().unwrap().code, 0);
+        // Canonical: prost writes the decoded message in as many bytes.
+        assert_eq!(req.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn a_large_batch_has_its_lengths_in_more_bytes() {
+        let resource = resource([("service.name", "wicket")]);
+        let mut batch = Batch::new(&resource, 1);
+        let value = "v".repeat(200);
+        for i in 0..200u8 {
+            let span = Span {
+                trace_id: [i; 16],
+                span_id: [i; 8],
+                parent: None,
+                parent_remote: false,
+                trace_state: "",
+                sampled: true,
+                name: &["s"],
+                kind: Kind::Internal,
+                start: 1,
+                end: 2,
+                error: None,
+            };
+            batch.span(&span, |a| a.str("k", &value));
         }
+        let bytes = batch.finish();
+        assert!(bytes.len() > 1 << 14);
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid protobuf");
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 200);
+        assert_eq!(spans[199].span_id, vec![199; 8]);
+        assert_eq!(req.encoded_len(), bytes.len());
     }
 
     #[test]
-    fn encoding_matches_the_generated_messages_and_the_sdks_conversion() {
-        let wicket = InstrumentationScope::builder("wicket")
-            .with_version("0.1.0")
-            .build();
-        let other = InstrumentationScope::builder("other").build();
-        let spans = vec![
-            span("GET users", 1, &wicket),
-            span("key-auth on-request", 0, &wicket),
-            span("other", 5, &other),
-            span("GET users again", 1, &wicket),
-        ];
-        let resource = Resource::builder()
-            .with_service_name("wicket")
-            .with_attribute(KeyValue::new("deployment.environment", "test"))
-            .build();
-        let mut exporter = OtlpExporter::new(
-            "http://127.0.0.1:9/v1/traces".parse().unwrap(),
-            HeaderMap::new(),
-            Duration::from_secs(1),
-        );
-        exporter.set_resource(&resource);
-
-        let ours = encode_request(&spans, &exporter.resource, &exporter.schema_url);
-        let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("valid protobuf");
-        // The SDK groups spans by scope; this writes one run per scope. Each
-        // span's message, the resource and the scopes must be the same.
-        let theirs = group_spans_by_resource_and_scope(
-            spans.clone(),
-            &ResourceAttributesWithSchema::from(&resource),
-        );
-        assert_eq!(decoded.resource_spans.len(), 1);
-        let ours_rs = &decoded.resource_spans[0];
-        assert_eq!(ours_rs.resource, theirs[0].resource);
-        assert_eq!(ours_rs.schema_url, theirs[0].schema_url);
-        let flatten = |rs: &opentelemetry_proto::tonic::trace::v1::ResourceSpans| {
-            let mut all: Vec<_> = rs
-                .scope_spans
-                .iter()
-                .flat_map(|ss| ss.spans.iter().map(move |s| (ss.scope.clone(), s.clone())))
-                .collect();
-            all.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-            all
-        };
-        let expected = flatten(&theirs[0]);
-        assert_eq!(expected.len(), 4);
-        assert_eq!(flatten(ours_rs), expected);
-        // Runs: wicket, other, wicket.
-        assert_eq!(ours_rs.scope_spans.len(), 3);
-        // The same bytes prost writes for the decoded message (canonical
-        // encoding, fields in order, up to field order within a span).
-        assert_eq!(decoded.encoded_len(), ours.len());
-    }
-
-    #[test]
-    fn an_empty_batch_is_an_empty_request() {
-        assert!(encode_request(&[], b"", "").is_empty());
+    fn an_empty_batch_is_no_request() {
+        assert!(Batch::new(&resource([]), 0).finish().is_empty());
     }
 
     #[test]
