@@ -411,6 +411,9 @@ struct Record {
     start: u64,
     /// Zero until the server span ends.
     end: u64,
+    /// Its spans when it was queued: the server span, each hook call, the
+    /// upstream call (what the queue's bound counted).
+    queued: usize,
     method: http::Method,
     route: Option<Arc<str>>,
     request_id: Option<RequestId>,
@@ -460,10 +463,9 @@ impl Inner {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Its spans: the server span, each hook call, the upstream call.
+    /// Its spans, as counted into the queue when the server span ended.
     fn spans(&self) -> usize {
-        let r = self.record();
-        1 + r.hooks.len() + usize::from(r.upstream_call.is_some())
+        self.record().queued
     }
 
     fn encode(&self, batch: &mut Batch) {
@@ -791,7 +793,8 @@ impl RequestTrace {
                 return;
             }
             r.end = nanos(SystemTime::now()).max(r.start);
-            1 + r.hooks.len() + usize::from(r.upstream_call.is_some())
+            r.queued = 1 + r.hooks.len() + usize::from(r.upstream_call.is_some());
+            r.queued
         };
         inner.queue.push(inner.clone(), spans);
     }
