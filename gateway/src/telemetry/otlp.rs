@@ -243,6 +243,24 @@ pub(crate) struct Fields<'b> {
 impl Fields<'_> {
     /// A string attribute.
     pub(crate) fn str(&mut self, key: &str, value: &str) {
+        // Most attributes are short: their lengths are known up front, so
+        // they are written straight, without room kept for a length.
+        let any_value = 2 + value.len();
+        let key_value = 2 + key.len() + 2 + any_value;
+        if key_value < 0x80 {
+            let b = &mut *self.b;
+            tag(b, self.field, LEN);
+            b.push(key_value as u8);
+            b.push(0x0a); // KeyValue.key
+            b.push(key.len() as u8);
+            b.extend_from_slice(key.as_bytes());
+            b.push(0x12); // KeyValue.value
+            b.push(any_value as u8);
+            b.push(0x0a); // AnyValue.string_value
+            b.push(value.len() as u8);
+            b.extend_from_slice(value.as_bytes());
+            return;
+        }
         self.value(key, |v| always_bytes(v, 1, value.as_bytes()));
     }
 
