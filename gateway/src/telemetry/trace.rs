@@ -886,7 +886,11 @@ impl http_body::Body for Traced {
 impl Drop for Traced {
     fn drop(&mut self) {
         if let Some(t) = self.trace.take() {
-            t.aborted();
+            // A body with nothing left to send (a HEAD answer, an empty
+            // body) is dropped unpolled: the answer was whole.
+            if !http_body::Body::is_end_stream(&self.inner) {
+                t.aborted();
+            }
             t.end();
         }
     }

@@ -177,6 +177,25 @@ async fn a_request_through_three_plugins_is_one_span_tree() {
         "{resource:?}"
     );
 
+    // A response with no body to send (HEAD) is complete, not aborted.
+    let head_trace = "4bf92f3577b34da6a3ce929d0e0e4735";
+    let r = c
+        .send(
+            "HEAD",
+            &gw.url("/api"),
+            &[
+                key,
+                ("traceparent", &format!("00-{head_trace}-{caller}-01")),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let spans = collector.trace(&unhex(head_trace), 5).await;
+    let head = named(&spans, "HEAD api");
+    assert_eq!(attribute(head, "http.response.status_code"), "200");
+    assert_eq!(attribute(head, "wicket.aborted"), "", "a whole answer");
+
     // A refusal: key-auth answers, nothing else runs, no upstream span.
     let refused_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
     let r = c
