@@ -135,6 +135,11 @@ impl Batch {
         }
     }
 
+    /// Spans written so far.
+    pub(crate) fn spans(&self) -> usize {
+        self.spans
+    }
+
     /// Add a span: its fixed fields, then the attributes and events
     /// `extra` writes.
     pub(crate) fn span(&mut self, s: &Span<'_>, extra: impl FnOnce(&mut Fields<'_>)) {

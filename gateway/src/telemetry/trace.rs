@@ -122,7 +122,9 @@ impl Tracing {
                 ]),
         );
         let queue = Arc::new(Queue {
-            records: Mutex::new(std::collections::VecDeque::new()),
+            filling: Mutex::new(None),
+            resource,
+            full: Mutex::new(std::collections::VecDeque::new()),
             spans: AtomicUsize::new(0),
             max_spans: cfg.max_queue_spans,
             batch_spans: cfg.max_batch_spans,
@@ -133,7 +135,6 @@ impl Tracing {
         let task = tokio::spawn(export(
             queue.clone(),
             sender,
-            resource,
             Duration::from_millis(cfg.flush_interval_ms),
         ));
         let ratio_bound = if cfg.sampling_ratio >= 1.0 {
@@ -284,10 +285,16 @@ fn check(cfg: &TracingConfig) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Finished requests' spans waiting to be exported.
+/// Finished requests' spans waiting to be exported, already encoded.
 struct Queue {
-    records: Mutex<std::collections::VecDeque<Arc<Inner>>>,
-    /// Spans in `records`, bounded by `max_spans`.
+    /// The batch being filled: each request's spans are written into it when
+    /// its server span ends, while they are still in the cache, and the
+    /// record is freed at once.
+    filling: Mutex<Option<Batch>>,
+    resource: Vec<u8>,
+    /// Batches ready to be sent, with their span counts.
+    full: Mutex<std::collections::VecDeque<(Bytes, usize)>>,
+    /// Spans in `filling` and `full`, bounded by `max_spans`.
     spans: AtomicUsize,
     max_spans: usize,
     batch_spans: usize,
@@ -299,45 +306,60 @@ struct Queue {
 
 impl Queue {
     /// Queue a finished request's spans, or drop them all if they do not fit.
-    fn push(&self, trace: Arc<Inner>, spans: usize) {
+    fn push(&self, trace: &Inner, spans: usize) {
         let before = self.spans.fetch_add(spans, Ordering::Relaxed);
         if before + spans > self.max_spans {
             self.spans.fetch_sub(spans, Ordering::Relaxed);
             self.counters.dropped.inc_by(spans as u64);
             return;
         }
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(trace);
-        if before + spans >= self.batch_spans && before < self.batch_spans {
+        let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = filling.get_or_insert_with(|| Batch::new(&self.resource, self.batch_spans));
+        trace.encode(batch, spans);
+        if batch.spans() >= self.batch_spans {
+            let full = filling.take();
+            drop(filling);
+            self.seal(full);
             self.ready.notify_one();
         }
     }
 
-    /// Take requests' spans, about a batch of them (a request's spans stay
-    /// together).
-    fn take(&self) -> (Vec<Arc<Inner>>, usize) {
-        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        let mut taken = Vec::new();
-        let mut spans = 0;
-        while let Some(next) = records.front() {
-            let n = next.spans();
-            if spans > 0 && spans + n > self.batch_spans {
-                break;
-            }
-            spans += n;
-            taken.extend(records.pop_front());
+    /// Move the batch being filled, if any, to the ready ones.
+    fn seal(&self, batch: Option<Batch>) {
+        if let Some(batch) = batch {
+            let n = batch.spans();
+            self.full
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((batch.finish(), n));
         }
-        drop(records);
-        self.spans.fetch_sub(spans, Ordering::Relaxed);
-        (taken, spans)
+    }
+
+    /// Seal what is being filled, even if it is not full.
+    fn seal_partial(&self) {
+        let partial = self
+            .filling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.seal(partial);
+    }
+
+    /// The next batch to send; its spans no longer count against the bound.
+    fn take(&self) -> Option<(Bytes, usize)> {
+        let next = self
+            .full
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()?;
+        self.spans.fetch_sub(next.1, Ordering::Relaxed);
+        Some(next)
     }
 }
 
-/// Send batches when one is full, at each flush interval, and once more when
-/// stopping.
-async fn export(queue: Arc<Queue>, sender: otlp::Sender, resource: Vec<u8>, flush: Duration) {
+/// Send batches when one is full, what is queued at each flush interval, and
+/// once more when stopping.
+async fn export(queue: Arc<Queue>, sender: otlp::Sender, flush: Duration) {
     let mut tick = tokio::time::interval(flush);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -349,30 +371,11 @@ async fn export(queue: Arc<Queue>, sender: otlp::Sender, resource: Vec<u8>, flus
             _ = queue.ready.notified() => false,
         };
         let stopping = queue.stop.load(Ordering::SeqCst);
-        // At a tick (or when stopping) everything queued by then is sent;
-        // otherwise only full batches, so spans that arrive while a batch
-        // is being sent wait for their own batch rather than going out a
-        // few at a time.
-        let mut due = if flush || stopping {
-            queue.spans.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        loop {
-            if due == 0 && queue.spans.load(Ordering::Relaxed) < queue.batch_spans {
-                break;
-            }
-            let (taken, n) = queue.take();
-            if taken.is_empty() {
-                break;
-            }
-            due = due.saturating_sub(n);
-            let mut batch = Batch::new(&resource, n);
-            for trace in &taken {
-                trace.encode(&mut batch);
-            }
-            drop(taken);
-            match sender.send(batch.finish()).await {
+        if flush || stopping {
+            queue.seal_partial();
+        }
+        while let Some((body, n)) = queue.take() {
+            match sender.send(body).await {
                 Ok(()) => {
                     queue.counters.exported.inc_by(n as u64);
                     if std::mem::take(&mut failing) {
@@ -411,9 +414,6 @@ struct Record {
     start: u64,
     /// Zero until the server span ends.
     end: u64,
-    /// Its spans when it was queued: the server span, each hook call, the
-    /// upstream call (what the queue's bound counted).
-    queued: usize,
     method: http::Method,
     route: Option<Arc<str>>,
     request_id: Option<RequestId>,
@@ -463,13 +463,11 @@ impl Inner {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Its spans, as counted into the queue when the server span ended.
-    fn spans(&self) -> usize {
-        self.record().queued
-    }
-
-    fn encode(&self, batch: &mut Batch) {
+    /// Write its spans — the `spans` the queue counted for it — into `batch`.
+    fn encode(&self, batch: &mut Batch, spans: usize) {
         let r = self.record();
+        // Whatever was added after the count is not sent: the bound holds.
+        let hooks = spans.saturating_sub(1 + usize::from(r.upstream_call.is_some()));
         let state = self
             .state
             .as_ref()
@@ -538,7 +536,7 @@ impl Inner {
                 }
             },
         );
-        for h in &r.hooks {
+        for h in r.hooks.iter().take(hooks) {
             let name = [&*h.plugin, " ", h.hook];
             batch.span(
                 &self.child(
@@ -793,10 +791,9 @@ impl RequestTrace {
                 return;
             }
             r.end = nanos(SystemTime::now()).max(r.start);
-            r.queued = 1 + r.hooks.len() + usize::from(r.upstream_call.is_some());
-            r.queued
+            1 + r.hooks.len() + usize::from(r.upstream_call.is_some())
         };
-        inner.queue.push(inner.clone(), spans);
+        inner.queue.push(inner, spans);
     }
 
     fn aborted(&self) {
