@@ -3,13 +3,14 @@
 //! request path.
 //!
 //! A traced request's spans are plain fields of one record, filled in as the
-//! request goes with the times and names the request path already holds, and
-//! handed to the exporter whole when the server span ends: one allocation and
-//! a few uncontended locks per traced request, nothing per span. The export
-//! task (on tokio) writes OTLP protobuf from the records ([`super::otlp`])
-//! and sends it in batches; in front of it a bounded queue drops (and counts)
-//! what a slow or dead collector cannot take, so tracing never blocks a
-//! worker.
+//! request goes with the times and names the request path already holds: one
+//! allocation and a few uncontended locks per traced request, nothing per
+//! span. When the server span ends, the record is written as OTLP protobuf
+//! ([`super::otlp`]) into the batch being filled — while it is still in the
+//! cache: encoding records later, cold, cost more than the encoding itself —
+//! and freed. An export task on tokio sends the batches; a bound on what
+//! waits drops (and counts) what a slow or dead collector cannot take, so
+//! tracing never blocks a worker.
 //!
 //! The W3C trace context (`traceparent`, `tracestate`) is read and written
 //! here, and sampling is the OpenTelemetry SDK's parent-based trace-id ratio,
