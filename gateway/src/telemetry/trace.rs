@@ -306,8 +306,10 @@ struct Queue {
 }
 
 impl Queue {
-    /// Queue a finished request's spans, or drop them all if they do not fit.
-    fn push(&self, trace: &Inner, spans: usize) {
+    /// Queue a finished request's spans (`r`, its record), or drop them all
+    /// if they do not fit.
+    fn push(&self, trace: &Inner, r: &Record) {
+        let spans = r.spans();
         let before = self.spans.fetch_add(spans, Ordering::Relaxed);
         if before + spans > self.max_spans {
             self.spans.fetch_sub(spans, Ordering::Relaxed);
@@ -316,7 +318,7 @@ impl Queue {
         }
         let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
         let batch = filling.get_or_insert_with(|| Batch::new(&self.resource, self.batch_spans));
-        trace.encode(batch, spans);
+        trace.encode(r, batch);
         if batch.spans() >= self.batch_spans {
             let full = filling.take();
             drop(filling);
@@ -429,6 +431,13 @@ struct Record {
     upstream_call: Option<UpstreamCall>,
 }
 
+impl Record {
+    /// Its spans: the server span, each hook call, the upstream call.
+    fn spans(&self) -> usize {
+        1 + self.hooks.len() + usize::from(self.upstream_call.is_some())
+    }
+}
+
 /// What is known once the request is admitted.
 struct Admitted {
     authority: String,
@@ -464,11 +473,8 @@ impl Inner {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write its spans — the `spans` the queue counted for it — into `batch`.
-    fn encode(&self, batch: &mut Batch, spans: usize) {
-        let r = self.record();
-        // Whatever was added after the count is not sent: the bound holds.
-        let hooks = spans.saturating_sub(1 + usize::from(r.upstream_call.is_some()));
+    /// Write its spans (`r`, its record) into `batch`.
+    fn encode(&self, r: &Record, batch: &mut Batch) {
         let state = self
             .state
             .as_ref()
@@ -537,7 +543,7 @@ impl Inner {
                 }
             },
         );
-        for h in r.hooks.iter().take(hooks) {
+        for h in &r.hooks {
             let name = [&*h.plugin, " ", h.hook];
             batch.span(
                 &self.child(
@@ -786,15 +792,14 @@ impl RequestTrace {
         let Some(inner) = &self.inner else {
             return;
         };
-        let spans = {
-            let mut r = inner.record();
-            if r.end != 0 {
-                return;
-            }
-            r.end = nanos(SystemTime::now()).max(r.start);
-            1 + r.hooks.len() + usize::from(r.upstream_call.is_some())
-        };
-        inner.queue.push(inner, spans);
+        let mut r = inner.record();
+        if r.end != 0 {
+            return;
+        }
+        r.end = nanos(SystemTime::now()).max(r.start);
+        // Counted and written under the record's lock: what the bound
+        // counted is what is sent.
+        inner.queue.push(inner, &r);
     }
 
     fn aborted(&self) {
