@@ -115,6 +115,59 @@ pub struct CaseRequest {
     /// Route parameters.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// What the connection's TLS handshake negotiated; absent: cleartext.
+    pub tls: Option<CaseTls>,
+}
+
+/// The TLS of a case's connection, as a plugin's `tls()` sees it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseTls {
+    /// The SNI the client sent.
+    pub server_name: Option<String>,
+    /// The ALPN protocol negotiated.
+    pub alpn: Option<String>,
+    /// `TLSv1.2` or `TLSv1.3` (the default).
+    pub version: Option<String>,
+    /// The client certificate (already verified, as on a real listener).
+    pub client_certificate: Option<CaseCertificate>,
+}
+
+/// A verified client certificate in a case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseCertificate {
+    /// RFC 4514 subject, e.g. `O=Example,CN=svc-a`.
+    #[serde(default)]
+    pub subject: String,
+    /// subjectAltName entries as text.
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// SHA-256 fingerprint, lower-case hex.
+    #[serde(default)]
+    pub sha256: String,
+}
+
+impl CaseTls {
+    fn info(&self, authority: &str) -> Result<crate::server::tls::TlsInfo, String> {
+        use crate::server::tls::{Certificate, ClientCert, TlsInfo};
+        let version = match self.version.as_deref() {
+            None | Some("TLSv1.3") => "TLSv1.3",
+            Some("TLSv1.2") => "TLSv1.2",
+            Some(other) => return Err(format!("tls.version: {other:?} is not TLSv1.2 or TLSv1.3")),
+        };
+        Ok(TlsInfo {
+            sni: self.server_name.as_ref().map(|n| n.to_ascii_lowercase()),
+            alpn: self.alpn.clone(),
+            version,
+            served: Arc::new(Certificate::covering(authority)),
+            client: self.client_certificate.as_ref().map(|c| ClientCert {
+                subject: c.subject.clone(),
+                sans: c.sans.clone(),
+                sha256: c.sha256.clone(),
+            }),
+        })
+    }
 }
 
 /// The upstream's part in a case.
@@ -381,12 +434,17 @@ async fn run_case(
         .into_parts()
         .0;
     let (params_path, params) = params(&req.params);
+    let authority = req
+        .authority
+        .clone()
+        .unwrap_or_else(|| "example.test".into());
+    let tls = match &req.tls {
+        Some(tls) => Some(Arc::new(tls.info(&authority)?)),
+        None => None,
+    };
     let info = Arc::new(RequestInfo {
-        scheme: "http",
-        authority: req
-            .authority
-            .clone()
-            .unwrap_or_else(|| "example.test".into()),
+        scheme: if tls.is_some() { "https" } else { "http" },
+        authority,
         client: req
             .client
             .unwrap_or_else(|| "203.0.113.7:40000".parse().expect("a literal address")),
@@ -394,7 +452,7 @@ async fn run_case(
         path: params_path,
         params,
         request_id: crate::request::RequestId::next(),
-        tls: None,
+        tls,
     });
     let mut upstream = upstreams[route_upstream].clone();
     let mut context = super::Context::default();

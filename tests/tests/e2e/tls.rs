@@ -45,10 +45,19 @@ admin: {{ address: "127.0.0.1:0" }}
 watch_debounce_ms: 50
 plugins:
   inspect: {{ module: "{{plugin:inspect}}" }}
+  mtls-auth: {{ module: "{{plugin:mtls-auth}}" }}
 upstreams: {{ echo: {{ endpoints: [{{ address: "{{backend:echo}}" }}] }} }}
 routes:
   - {{ name: a, match: {{ host: a.test, path: "/{{*p}}" }}, upstream: echo, plugins: [{{ name: inspect }}] }}
   - {{ name: b, match: {{ host: x.b.test, path: "/{{*p}}" }}, upstream: echo }}
+  - name: m
+    match: {{ host: m.b.test, path: "/{{*p}}" }}
+    upstream: echo
+    plugins:
+      - name: mtls-auth
+        config:
+          consumers: [{{ consumer: svc-a, san: svc-a.internal }}]
+          forward: {{ subject: x-client-subject }}
 "#
             ),
             &[("echo", &b)],
@@ -364,6 +373,101 @@ async fn mutual_tls_optional_serves_clients_without_a_certificate() {
         Ok(mut c) => c.get("a.test", "/r").await.is_err(),
     };
     assert!(refused, "a certificate that is presented must verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mtls_auth_policy_admits_only_listed_client_certificates_on_its_route() {
+    // The listener verifies any certificate from the CA but does not require
+    // one; the mtls-auth plugin on route `m` decides who passes there.
+    let site = Site::start("      client_auth: { ca: ca.pem, mode: optional }", false).await;
+    let addr = site.gw.gateway.addrs()[0];
+    let connect = |cert: Option<&pki::Issued>| {
+        let config = pki::client_config(&site.ca.pem, &["h2"], cert);
+        TlsConn::connect(addr, "m.b.test", config)
+    };
+    // The listed certificate: through, as its consumer.
+    let svc_a = site.ca.client("svc-a", "svc-a.internal");
+    let r = connect(Some(&svc_a))
+        .await
+        .unwrap()
+        .get("m.b.test", "/r")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.echoed_header("x-wicket-consumer").as_deref(),
+        Some("svc-a")
+    );
+    assert_eq!(
+        r.echoed_header("x-client-subject").as_deref(),
+        Some("O=Wicket Tests,CN=svc-a")
+    );
+    // curl with that certificate and a forged consumer header: the header the
+    // upstream receives is the policy's.
+    let (cert, key) = svc_a.write(&site.dir, "svc-a");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let (code, out, err) = site.curl(
+        "m.b.test",
+        "/r",
+        &[
+            "--http2",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-H",
+            "x-wicket-consumer: admin",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["headers"]["x-wicket-consumer"],
+        serde_json::json!(["svc-a"])
+    );
+    // Another certificate from the same CA: verified by the listener, but not
+    // listed on this route.
+    let svc_b = site.ca.client("svc-b", "svc-b.internal");
+    let r = connect(Some(&svc_b))
+        .await
+        .unwrap()
+        .get("m.b.test", "/r")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "client_certificate_not_allowed");
+    // No certificate at all: 401 with the challenge.
+    let r = connect(None)
+        .await
+        .unwrap()
+        .get("m.b.test", "/r")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "client_certificate_required");
+    assert_eq!(r.headers["www-authenticate"], r#"MutualTLS realm="wicket""#);
+    // A route without the policy still serves that client.
+    let r = connect(None)
+        .await
+        .unwrap()
+        .get("x.b.test", "/r")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Decisions are counted under the plugin's metric.
+    let text = site.gw.gateway.shared().runtime().metrics().encode();
+    for (outcome, at_least) in [
+        ("allowed", 2.0),
+        ("certificate_not_allowed", 1.0),
+        ("missing_certificate", 1.0),
+    ] {
+        let n = wicket_tests::metric(
+            &text,
+            "wicket_plugin_auth_decisions_total",
+            &[("outcome", outcome)],
+        );
+        assert!(n.is_some_and(|n| n >= at_least), "{outcome}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
