@@ -180,15 +180,22 @@ pub fn reframe(resp: Response<Body>) -> Response<Body> {
     );
     let mut out = trailers_only(code_for_http(status), message.unwrap_or(&reason));
     // What a client may act on survives: its request id, when to retry,
-    // how to authenticate.
+    // how to authenticate — and the CORS grant (`access-control-*`, `vary`)
+    // a policy set, without which a browser page cannot read the status.
     for name in [
         HeaderName::from_static("x-request-id"),
         header::RETRY_AFTER,
         header::WWW_AUTHENTICATE,
         HeaderName::from_static("x-wicket-generation"),
+        header::VARY,
     ] {
         if let Some(v) = resp.headers().get(&name) {
             out.headers_mut().insert(name, v.clone());
+        }
+    }
+    for (name, value) in resp.headers() {
+        if name.as_str().starts_with("access-control-") {
+            out.headers_mut().append(name.clone(), value.clone());
         }
     }
     out

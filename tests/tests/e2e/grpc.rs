@@ -213,6 +213,7 @@ async fn gateway() -> TestGateway {
 listeners: [{{ address: "127.0.0.1:0" }}]
 plugins:
   key-auth: {{ module: "{{plugin:key-auth}}" }}
+  cors: {{ module: "{{plugin:cors}}" }}
 upstreams:
   h2c: {{ protocol: h2c, endpoints: [{{ address: "{h2c}" }}] }}
   tls:
@@ -233,6 +234,14 @@ routes:
     match: {{ host: guarded.test, path: "/test.Echo/{{m}}" }}
     upstream: h2c
     plugins: [{{ name: key-auth, config: {{ keys: {{ "k-1": one }} }} }}]
+  - name: browser
+    match: {{ host: web.test, path: "/test.Echo/{{m}}" }}
+    upstream: h2c
+    plugins: [{{ name: cors, config: {{ allow_origins: ["https://app.example"] }} }}]
+  - name: browser-dead
+    match: {{ host: web-dead.test, path: "/test.Echo/{{m}}" }}
+    upstream: dead
+    plugins: [{{ name: cors, config: {{ allow_origins: ["https://app.example"] }} }}]
 "#
         ),
         &[],
@@ -438,6 +447,17 @@ async fn grpc_web(
     text: bool,
     ping: &Ping,
 ) -> (u16, http::HeaderMap, Bytes) {
+    grpc_web_from(gw, host, text, ping, None).await
+}
+
+/// A gRPC-Web call, from a page on `origin` when one is given.
+async fn grpc_web_from(
+    gw: &TestGateway,
+    host: &str,
+    text: bool,
+    ping: &Ping,
+    origin: Option<&str>,
+) -> (u16, http::HeaderMap, Bytes) {
     use prost::Message;
     let mut frame = BytesMut::new();
     frame.put_u8(0);
@@ -454,12 +474,14 @@ async fn grpc_web(
     };
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("http://{}/test.Echo/Unary", gw.gateway.addrs()[0]))
+    let mut req = http::Request::post(format!("http://{}/test.Echo/Unary", gw.gateway.addrs()[0]))
         .header("host", host)
         .header("content-type", ct)
-        .header("x-grpc-web", "1")
-        .body(Full::new(body))
-        .unwrap();
+        .header("x-grpc-web", "1");
+    if let Some(origin) = origin {
+        req = req.header("origin", origin);
+    }
+    let req = req.body(Full::new(body)).unwrap();
     let resp = client.request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let mut body = body.collect().await.unwrap().to_bytes();
@@ -552,6 +574,85 @@ async fn grpc_web_binary_and_text_are_translated_to_grpc_and_back() {
     let (status, headers, _) = grpc_web(&gw, "guarded.test", false, &ping).await;
     assert_eq!(status, 200);
     assert_eq!(headers["grpc-status"], "16");
+}
+
+/// A browser's CORS preflight for a gRPC-Web call from `origin`.
+async fn preflight(gw: &TestGateway, host: &str, origin: &str) -> (u16, http::HeaderMap, Bytes) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("http://{}/test.Echo/Unary", gw.gateway.addrs()[0]))
+        .header("host", host)
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,x-user-agent",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_page_on_an_allowed_origin_passes_its_preflight_and_reads_every_answer() {
+    use prost::Message;
+    let gw = gateway().await;
+    let page = "https://app.example";
+    // The preflight is answered by the cors policy, never by the upstream.
+    let (status, headers, _) = preflight(&gw, "web.test", page).await;
+    assert_eq!(status, 204, "{headers:?}");
+    assert_eq!(headers["access-control-allow-origin"], page);
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    for h in ["content-type", "x-grpc-web", "x-user-agent"] {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    // The call itself, binary and text: answered, and readable by the page.
+    let ping = Ping {
+        text: "from a page".into(),
+        delay_ms: 0,
+    };
+    for text in [false, true] {
+        let (status, headers, body) = grpc_web_from(&gw, "web.test", text, &ping, Some(page)).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["access-control-allow-origin"], page);
+        let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+        assert!(exposed.contains("grpc-status") && exposed.contains("grpc-message"));
+        let (messages, trailers) = web_frames(body);
+        assert_eq!(
+            Pong::decode(messages[0].clone()).unwrap().text,
+            "from a page"
+        );
+        assert!(trailers.contains("grpc-status:0\r\n"), "{trailers:?}");
+    }
+    // A dead upstream: the gateway's own gRPC-Web status, still readable.
+    let (status, headers, _) = grpc_web_from(&gw, "web-dead.test", false, &ping, Some(page)).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "14");
+    assert_eq!(headers["access-control-allow-origin"], page);
+    // Another origin: its preflight is refused, and a call made anyway
+    // (not from a browser) carries no grant.
+    let (status, headers, body) = preflight(&gw, "web.test", "https://evil.example").await;
+    assert_eq!(status, 403);
+    assert!(headers.get("access-control-allow-origin").is_none());
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "cors_origin_not_allowed");
+    let (status, headers, _) =
+        grpc_web_from(&gw, "web.test", false, &ping, Some("https://evil.example")).await;
+    assert_eq!(status, 200);
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // Without the policy, a preflight is the upstream's (a gRPC server does
+    // not answer OPTIONS with a grant).
+    let (_, headers, _) = preflight(&gw, "h2c.test", page).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
