@@ -77,10 +77,17 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
         trace.routed(&route.name, &begun.id);
     }
     let bytes_in = snapshot.access_log.as_ref().and_then(|_| body.count_read());
-    let authority = authority.into_string();
     // A WebSocket upgrade the route allows keeps the client's side of the
-    // connection for the tunnel; any other upgrade is stripped below.
-    let upgrade = websocket_upgrade(route, &mut parts);
+    // connection (or HTTP/2 stream) for the tunnel; any other upgrade is
+    // stripped below.
+    let upgrade = match websocket_upgrade(route, &mut parts) {
+        Ok(u) => u,
+        Err(e) => {
+            let at = authority.as_str();
+            return finish_early(&snapshot, e.into(), &parts, None, at, &begun);
+        }
+    };
+    let authority = authority.into_string();
     prepare_request(&mut parts, &conn, &authority);
     parts
         .headers
@@ -138,8 +145,8 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     // 7. Finish: plugins' response headers, hop-by-hop headers out; on the
     //    upstream's 101, the tunnel opens.
     finish_response(&snapshot, &mut resp, pass.response_headers);
-    if let Some((client, idle)) = upgrade {
-        open_tunnel(&snapshot, &mut resp, client, idle, route, &conn, &info);
+    if let Some(ws) = upgrade {
+        open_tunnel(&snapshot, &mut resp, ws, route, &conn, &info);
     }
     let error = resp.extensions().get::<ErrorCode>().map(|c| c.0);
     let resp = finish_grpc(grpc.as_ref(), resp);
@@ -252,14 +259,55 @@ fn prepare_request(parts: &mut http::request::Parts, conn: &Conn, authority: &st
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
 }
 
+/// The client's side of a WebSocket handshake its route allows.
+struct WebSocket {
+    client: hyper::upgrade::OnUpgrade,
+    /// The route's tunnel idle timeout.
+    idle: std::time::Duration,
+    /// Over HTTP/2 (RFC 8441): the `Sec-WebSocket-Key` the gateway sent
+    /// upstream in the client's stead, whose accept it checks before
+    /// answering the client's CONNECT with 200.
+    key: Option<HeaderValue>,
+}
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
 /// A WebSocket handshake on a route that allows it: an HTTP/1.1 GET with
-/// `Upgrade: websocket` and `Connection: upgrade`. Takes the client's side
-/// of the upgrade, with the route's tunnel idle timeout.
+/// `Upgrade: websocket` and `Connection: upgrade`, or an HTTP/2 CONNECT
+/// with `:protocol: websocket` (RFC 8441), which becomes that GET upstream
+/// (a fresh key; version, subprotocols and extensions as the client sent
+/// them) — so plugins and upstreams see one kind of handshake. Any other
+/// CONNECT is refused (405): answered 2xx, it would open a tunnel.
 fn websocket_upgrade(
     route: &crate::snapshot::Route,
     parts: &mut http::request::Parts,
-) -> Option<(hyper::upgrade::OnUpgrade, std::time::Duration)> {
-    let idle = route.websocket?;
+) -> Result<Option<WebSocket>, request::Refusal> {
+    if parts.method == http::Method::CONNECT {
+        let websocket = parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket");
+        let (Some(idle), true) = (route.websocket, websocket) else {
+            return Err(request::Refusal::Connect);
+        };
+        let client = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(request::Refusal::Connect)?;
+        parts.extensions.remove::<hyper::ext::Protocol>();
+        parts.method = http::Method::GET;
+        let key = websocket_key();
+        parts.headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+        return Ok(Some(WebSocket {
+            client,
+            idle,
+            key: Some(key),
+        }));
+    }
+    let Some(idle) = route.websocket else {
+        return Ok(None);
+    };
     let h = &parts.headers;
     let is_websocket = parts.version == Version::HTTP_11
         && parts.method == http::Method::GET
@@ -272,10 +320,39 @@ fn websocket_upgrade(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if !is_websocket {
-        return None;
+        return Ok(None);
     }
-    let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-    Some((client, idle))
+    Ok(parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .map(|client| WebSocket {
+            client,
+            idle,
+            key: None,
+        }))
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    let nonce: [u8; 16] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
+}
+
+/// Whether `headers` carry the `Sec-WebSocket-Accept` that answers `key`
+/// (RFC 6455 §4.2.2): proof the upstream is a WebSocket server that read
+/// this handshake, not something that answers 101 to anything.
+fn accepts(headers: &HeaderMap, key: &HeaderValue) -> bool {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut sha = sha1::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let expected = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    headers
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes())
 }
 
 fn keep_upgrade_headers(headers: &mut HeaderMap) {
@@ -284,34 +361,56 @@ fn keep_upgrade_headers(headers: &mut HeaderMap) {
 }
 
 /// After `on-response`: a 101 that came from the upstream (its upgraded
-/// connection is in the response) opens the tunnel; a 101 without one —
-/// which no plugin can produce — is refused with 502 rather than leave the
-/// client holding a connection to nothing.
+/// connection is in the response) opens the tunnel. Anything else that
+/// would leave the client holding a tunnel to nothing is 502 instead: a 101
+/// without the upstream's connection (no plugin can produce one), and over
+/// HTTP/2 any 2xx — there a 2xx *is* the tunnel opening — or a 101 whose
+/// accept key is wrong.
 fn open_tunnel(
     snapshot: &Snapshot,
     resp: &mut Response<Body>,
-    client: hyper::upgrade::OnUpgrade,
-    idle: std::time::Duration,
+    ws: WebSocket,
     route: &crate::snapshot::Route,
     conn: &Conn,
     info: &RequestInfo,
 ) {
-    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
-    let Some(upstream) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    let no_tunnel = |resp: &mut Response<Body>| {
         let e = ProxyError::Upstream {
             upstream: String::new(),
             kind: crate::upstream::UpstreamErrorKind::Protocol,
         };
         *resp = e.to_response(&info.request_id);
+    };
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        if ws.key.is_some() && resp.status().is_success() {
+            tracing::warn!(request_id = %info.request_id, route = &*route.name, status = resp.status().as_u16(), "HTTP/2 WebSocket answered 2xx without the upstream's 101; refused");
+            no_tunnel(resp);
+        }
+        return;
+    }
+    let Some(upstream) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        no_tunnel(resp);
         return;
     };
-    keep_upgrade_headers(resp.headers_mut());
+    match &ws.key {
+        Some(key) => {
+            if !accepts(resp.headers(), key) {
+                tracing::warn!(request_id = %info.request_id, route = &*route.name, "upstream's 101 carries a wrong Sec-WebSocket-Accept; no tunnel");
+                no_tunnel(resp);
+                return;
+            }
+            // RFC 8441 §5: the CONNECT succeeds with 200; the accept key was
+            // the gateway's business. Upgrade and Connection are already
+            // gone (hop-by-hop).
+            *resp.status_mut() = http::StatusCode::OK;
+            resp.headers_mut().remove(SEC_WEBSOCKET_ACCEPT);
+        }
+        None => keep_upgrade_headers(resp.headers_mut()),
+    }
     crate::tunnel::spawn(
-        client,
+        ws.client,
         upstream,
-        idle,
+        ws.idle,
         conn.hold.as_ref().map(|h| h.tunnel()),
         snapshot.metrics_arc(),
         route.name.clone(),

@@ -186,6 +186,14 @@ impl Default for Rules {
 /// that differs (the query is kept as sent).
 pub fn admit(rules: &Rules, parts: &mut http::request::Parts) -> Result<Authority, Refusal> {
     check_head(parts, &rules.limits)?;
+    // A plain CONNECT asks for a tunnel to anywhere (nginx: 405). An
+    // extended one (RFC 8441, HTTP/2 only) names its protocol and is
+    // routed like any request; the route decides.
+    if parts.method == http::Method::CONNECT
+        && parts.extensions.get::<hyper::ext::Protocol>().is_none()
+    {
+        return Err(Refusal::Connect);
+    }
     let authority = authority(&parts.uri, &parts.headers)?;
     if let Cow::Owned(path) = normalize_path(parts.uri.path(), &rules.paths)? {
         let pq = match parts.uri.query() {
@@ -821,6 +829,11 @@ pub enum Refusal {
     /// through another's handshake).
     #[error("the certificate this connection negotiated does not cover the requested host")]
     Misdirected,
+    /// CONNECT: the gateway is no forward proxy. Only a WebSocket over
+    /// HTTP/2 (RFC 8441's CONNECT with `:protocol: websocket`) on a route
+    /// that allows WebSocket is taken.
+    #[error("CONNECT is accepted only to open a WebSocket over HTTP/2 on a route that allows it")]
+    Connect,
 }
 
 impl Refusal {
@@ -838,6 +851,7 @@ impl Refusal {
             Refusal::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -855,6 +869,7 @@ impl Refusal {
             Refusal::BodyTimeout(_) => "body_timeout",
             Refusal::BodyIncomplete => "body_incomplete",
             Refusal::Misdirected => "misdirected_request",
+            Refusal::Connect => "connect_not_allowed",
         }
     }
 }

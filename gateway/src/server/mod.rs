@@ -139,6 +139,10 @@ struct Tracker {
 impl Tracker {
     fn close(&self, mode: u8) {
         self.mode.fetch_max(mode, Ordering::SeqCst);
+        // Every waiter: the connection's task and each tunnel on it (an
+        // HTTP/2 connection carries several); and a permit for a waiter
+        // between two waits.
+        self.wake.notify_waiters();
         self.wake.notify_one();
     }
 }
@@ -601,6 +605,9 @@ async fn http<S, H>(
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(settings.max_concurrent_streams)
+                // WebSocket over HTTP/2 (RFC 8441): `:protocol` on CONNECT.
+                // Which routes take it is decided per request.
+                .enable_connect_protocol()
                 .max_header_list_size(settings.max_head_bytes as u32)
                 .keep_alive_interval(Some(settings.idle / 2))
                 .keep_alive_timeout(Duration::from_secs(20));

@@ -1,7 +1,9 @@
 //! WebSocket through the gateway with a real client and server
 //! (tokio-tungstenite): auth runs before the upgrade, the tunnel opens only
 //! on the upstream's 101, routes without `websocket` strip the upgrade, and
-//! tunnels end at their idle timeout and at the drain deadline.
+//! tunnels end at their idle timeout and at the drain deadline. Over
+//! HTTP/2 too (RFC 8441: hyper's client sends the extended CONNECT,
+//! tungstenite speaks WebSocket on the stream).
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -69,6 +71,73 @@ routes:
         &[("plain", plain)],
     );
     TestGateway::start(&yaml).await
+}
+
+/// An HTTP/2 connection to the gateway (h2c, prior knowledge) that has
+/// seen the gateway's SETTINGS, so it knows extended CONNECT is on.
+async fn h2_connection(
+    gw: &TestGateway,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // As a browser does, wait for the server's SETTINGS: the answer to a
+    // first request comes after them.
+    let req = http::Request::get(format!("http://{}/no-upgrades", gw.gateway.addrs()[0]))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    send.send_request(req).await.unwrap();
+    send
+}
+
+type H2Socket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A WebSocket over HTTP/2 (RFC 8441) on `send`'s connection, or the
+/// status and body the gateway answered instead.
+async fn h2_websocket(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+    key: Option<&str>,
+) -> Result<H2Socket, (u16, serde_json::Value)> {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://chat.test{path}"))
+        .header("sec-websocket-version", "13");
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let mut req = req.body(http_body_util::Empty::new()).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = send.send_request(req).await.unwrap();
+    if resp.status() != 200 {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        return Err((status, serde_json::from_slice(&body).unwrap_or_default()));
+    }
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await)
+}
+
+async fn echoes(ws: &mut H2Socket, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), text);
 }
 
 fn ws_request(gw: &TestGateway, path: &str, key: Option<&str>) -> http::Request<()> {
@@ -253,4 +322,117 @@ async fn a_drain_closes_open_tunnels_at_its_deadline() {
         .await
         .expect("the tunnel is closed");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_http2_echo_through_the_gateway_after_auth_two_on_one_connection() {
+    let (ws, accepted) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let mut send = h2_connection(&gw).await;
+    // Auth runs before anything goes upstream.
+    let (status, body) = h2_websocket(&mut send, "/chat", None).await.err().unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "missing_api_key");
+    assert_eq!(accepted.load(SeqCst), 0, "the upstream never saw it");
+    // Two WebSockets as two streams of the one connection.
+    let mut a = h2_websocket(&mut send, "/chat", Some("k-alice"))
+        .await
+        .unwrap();
+    let mut b = h2_websocket(&mut send, "/chat", Some("k-alice"))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        echoes(&mut a, &format!("a {i}")).await;
+        echoes(&mut b, &format!("b {i}")).await;
+    }
+    a.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap().len(), 100_000);
+    // The closing handshake on one leaves the other working.
+    a.close(None).await.unwrap();
+    while let Some(Ok(_)) = a.next().await {}
+    echoes(&mut b, "still here").await;
+    assert_eq!(accepted.load(SeqCst), 2);
+    // Plain requests share the connection meanwhile.
+    let req = http::Request::get(format!("http://{}/plain", gw.gateway.addrs()[0]))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_opens_only_on_the_upstreams_101_and_connect_is_otherwise_refused() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let mut send = h2_connection(&gw).await;
+    // The route allows WebSocket, but its upstream answers the upgrade with
+    // 200: over HTTP/2 a 200 would open the client's tunnel, so it is 502.
+    let (status, body) = h2_websocket(&mut send, "/plain", None).await.err().unwrap();
+    assert_eq!(status, 502, "{body}");
+    // A route without `websocket`: the CONNECT is refused, not forwarded.
+    let (status, body) = h2_websocket(&mut send, "/no-upgrades", None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 405);
+    assert_eq!(body["error"], "connect_not_allowed");
+    // The connection is still good for plain requests.
+    let req = http::Request::get(format!("http://{}/plain", gw.gateway.addrs()[0]))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // A plain CONNECT over HTTP/1.1 is refused too (the gateway is no
+    // forward proxy), in both request-target forms.
+    for target in ["127.0.0.1:9", "/chat"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
+            .await
+            .unwrap();
+        let head = format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(
+            text.starts_with("HTTP/1.1 405") || text.starts_with("HTTP/1.1 400"),
+            "{target}: {text}"
+        );
+        assert!(!text.starts_with("HTTP/1.1 2"), "{target}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_every_http2_tunnel_on_a_connection_at_its_deadline() {
+    let (ws, _) = echo_server().await;
+    let plain = backend("plain").await;
+    let gw = gateway(ws, &plain, "").await;
+    let mut send = h2_connection(&gw).await;
+    let mut a = h2_websocket(&mut send, "/chat", Some("k-alice"))
+        .await
+        .unwrap();
+    let mut b = h2_websocket(&mut send, "/chat", Some("k-alice"))
+        .await
+        .unwrap();
+    echoes(&mut a, "ping").await;
+    echoes(&mut b, "ping").await;
+    let started = std::time::Instant::now();
+    // drain_timeout_ms is 300: shutdown waits for the tunnels, then cuts
+    // both (not only the first one woken).
+    tokio::time::timeout(Duration::from_secs(5), gw.gateway.shutdown())
+        .await
+        .expect("shutdown finished");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the tunnels were waited for"
+    );
+    for ws in [&mut a, &mut b] {
+        let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the tunnel is closed");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    }
 }
