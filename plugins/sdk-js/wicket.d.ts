@@ -1,4 +1,4 @@
-// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.4.
+// Types for the Wicket plugin SDK (wicket.js), contract wicket:plugin@0.1.5.
 
 export type HeaderValue = string | Uint8Array;
 export type Headers = Record<string, HeaderValue> | Array<[string, HeaderValue]>;

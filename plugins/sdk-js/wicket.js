@@ -1,5 +1,5 @@
 // The Wicket plugin SDK for JavaScript, over the bindings componentize-js
-// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.4`).
+// generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.5`).
 //
 //   import * as wicket from "./wicket.js";
 //   export const { init, onRequest, onResponse } = wicket.definePolicy({
@@ -15,13 +15,13 @@
 // bytes. Numbers the contract holds as 64-bit (counters, TTLs, versions)
 // are plain numbers here, exact up to 2^53.
 
-import * as wState from "wicket:plugin/state@0.1.4";
-import * as wContext from "wicket:plugin/context@0.1.4";
-import * as wLog from "wicket:plugin/log@0.1.4";
-import * as wMetrics from "wicket:plugin/metrics@0.1.4";
-import * as wClock from "wicket:plugin/clock@0.1.4";
-import * as wGateway from "wicket:plugin/gateway@0.1.4";
-import * as wSpan from "wicket:plugin/span@0.1.4";
+import * as wState from "wicket:plugin/state@0.1.5";
+import * as wContext from "wicket:plugin/context@0.1.5";
+import * as wLog from "wicket:plugin/log@0.1.5";
+import * as wMetrics from "wicket:plugin/metrics@0.1.5";
+import * as wClock from "wicket:plugin/clock@0.1.5";
+import * as wGateway from "wicket:plugin/gateway@0.1.5";
+import * as wSpan from "wicket:plugin/span@0.1.5";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -774,6 +774,35 @@ impl state::Host for HostState {
             .await
             .map_err(state_error)
     }
+
+    async fn take_tokens(
+        &mut self,
+        key: String,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: u64,
+    ) -> Result<state::Bucket, state::StateError> {
+        let ctx = &self.ctx;
+        ctx.state
+            .take_tokens(
+                &ctx.plugin,
+                &key,
+                rate,
+                period_ms,
+                burst,
+                cost,
+                Some(self.state_deadline),
+            )
+            .await
+            .map(|t| state::Bucket {
+                taken: t.taken,
+                remaining: t.remaining,
+                reset_ms: t.reset_ms,
+                retry_after_ms: t.retry_after_ms,
+            })
+            .map_err(state_error)
+    }
 }
 
 /// Guest stderr (and stdout), shared by every stream the instance opens:

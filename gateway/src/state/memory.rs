@@ -93,6 +93,14 @@ impl MemoryStore {
                 map.slots.remove(&(ns.clone(), key.to_string()));
                 Ok(Reply::Deleted(existed))
             }
+            Op::TakeTokens { key, limit, cost } => {
+                let stored = map.live(ns, key, now).map(|slot| slot.value.as_slice());
+                let (write, taken) = super::bucket::take(&limit, stored, now, cost);
+                if let Some(value) = write {
+                    map.write(ns, key, value, expiry(Some(limit.ttl_ms())), now)?;
+                }
+                Ok(Reply::Bucket(taken))
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! the Redis server — which is what makes a token bucket built on
 //! `compare_and_swap` exact.
 
+pub mod bucket;
 pub mod memory;
 pub mod redis;
 
@@ -88,13 +89,21 @@ pub(crate) enum Op<'a> {
         ttl_ms: Option<u64>,
     },
     Delete(&'a str),
+    TakeTokens {
+        key: &'a str,
+        limit: bucket::Limit,
+        cost: u64,
+    },
 }
 
 impl Op<'_> {
     fn key(&self) -> &str {
         match self {
             Op::Get(key) | Op::Delete(key) => key,
-            Op::Set { key, .. } | Op::Cas { key, .. } | Op::Increment { key, .. } => key,
+            Op::Set { key, .. }
+            | Op::Cas { key, .. }
+            | Op::Increment { key, .. }
+            | Op::TakeTokens { key, .. } => key,
         }
     }
 
@@ -121,6 +130,7 @@ pub(crate) enum Reply {
     /// The new value and the milliseconds until it expires.
     Counter(i64, Option<u64>),
     Deleted(bool),
+    Bucket(bucket::Taken),
 }
 
 /// Which backend each plugin uses: built from one configuration, swapped in
@@ -342,6 +352,27 @@ impl SharedState {
         match self.run(ns, Op::Delete(key), deadline).await? {
             Reply::Deleted(existed) => Ok(existed),
             other => unreachable!("delete answered {other:?}"),
+        }
+    }
+
+    /// Take `cost` tokens from the token bucket under `key` (`rate` every
+    /// `period_ms`, at most `burst`, starting full) in one atomic step.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn take_tokens(
+        &self,
+        ns: &Arc<str>,
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: u64,
+        deadline: Option<Instant>,
+    ) -> Result<bucket::Taken, StateError> {
+        let limit = bucket::Limit::new(rate, period_ms, burst, cost)?;
+        let op = Op::TakeTokens { key, limit, cost };
+        match self.run(ns, op, deadline).await? {
+            Reply::Bucket(taken) => Ok(taken),
+            other => unreachable!("take-tokens answered {other:?}"),
         }
     }
 

@@ -84,6 +84,45 @@ if not cur[2] and ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {1, v, redis.call('PTTL', KEYS[1])}
 ";
 
+/// `take-tokens` (`bucket.rs` holds the same arithmetic for memory): the
+/// bucket `[1, units: u64 LE, last_ms: u64 LE]` in the entry's `v`, on the
+/// server's clock so every gateway agrees. Written only when tokens are
+/// taken. Numbers stay below 2^53 (the host checks the limit), so doubles
+/// are exact; u64s are packed in 32-bit halves.
+const TAKE: &str = r"
+local rate, period, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function ceil_div(n, d)
+  local q = math.floor(n / d)
+  if q * d < n then q = q + 1 end
+  return q
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = burst * period
+local ttl = math.max(ceil_div(cap, rate), 1)
+local units, last = cap, now
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and #cur == 17 and string.byte(cur, 1) == 1 then
+  local ulo, uhi, llo, lhi = struct.unpack('<I4I4I4I4', string.sub(cur, 2))
+  units = math.min(uhi * 4294967296 + ulo, cap)
+  last = lhi * 4294967296 + llo
+  local elapsed = math.min(math.max(now - last, 0), ttl)
+  units = math.min(units + elapsed * rate, cap)
+  if now > last then last = now end
+end
+local need = cost * period
+if units >= need then
+  units = units - need
+  local v = string.char(1) .. struct.pack('<I4I4I4I4', units % 4294967296, math.floor(units / 4294967296),
+    last % 4294967296, math.floor(last / 4294967296))
+  local n = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[1], 'v', v, 'n', string.format('%.0f', n))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return {1, math.floor(units / period), ceil_div(cap - units, rate), 0}
+end
+return {0, math.floor(units / period), ceil_div(cap - units, rate), ceil_div(need - units, rate)}
+";
+
 /// Everything that decides how the store connects, compared on reload to
 /// keep a store (and its connection) whose settings did not change.
 #[derive(Clone, PartialEq)]
@@ -235,6 +274,7 @@ struct Scripts {
     set: redis::Script,
     cas: redis::Script,
     increment: redis::Script,
+    take: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -260,6 +300,7 @@ impl RedisStore {
                 set: redis::Script::new(SET),
                 cas: redis::Script::new(CAS),
                 increment: redis::Script::new(INCREMENT),
+                take: redis::Script::new(TAKE),
             },
             up: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -581,6 +622,34 @@ impl RedisStore {
             Op::Delete(k) => {
                 let n: i64 = redis::cmd("DEL").arg(key(k)).query_async(&mut conn).await?;
                 Ok(Ok(Reply::Deleted(n > 0)))
+            }
+            Op::TakeTokens {
+                key: k,
+                limit,
+                cost,
+            } => {
+                let reply: Vec<i64> = self
+                    .scripts
+                    .take
+                    .key(key(k))
+                    .key(version_key())
+                    .arg(limit.rate())
+                    .arg(limit.period_ms())
+                    .arg(limit.burst())
+                    .arg(*cost)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match reply.as_slice() {
+                    &[taken @ (0 | 1), remaining, reset_ms, retry_after_ms] => {
+                        Ok(Ok(Reply::Bucket(super::bucket::Taken {
+                            taken: taken == 1,
+                            remaining: remaining.max(0) as u64,
+                            reset_ms: reset_ms.max(0) as u64,
+                            retry_after_ms: retry_after_ms.max(0) as u64,
+                        })))
+                    }
+                    _ => Err(unexpected("take-tokens")),
+                }
             }
         }
     }

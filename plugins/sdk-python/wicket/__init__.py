@@ -1,5 +1,5 @@
 """The Wicket plugin SDK for Python, over the bindings componentize-py
-generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.4`).
+generates from `wit/plugin.wit` (contract `wicket:plugin@0.1.5`).
 
 A policy is a subclass of `Policy` that overrides `configure` and the hooks
 it implements (`request`, `response`); `export` turns it into the

@@ -271,6 +271,113 @@ async fn conformance(s: &SharedState, backend: &str) {
         "{}",
         ctx("no lost update")
     );
+
+    // take-tokens: a bucket of 5 refilled one token an hour.
+    let hour = 3_600_000;
+    for left in (0..5).rev() {
+        let t = s.take_tokens(&p, "tb", 1, hour, 5, 1, None).await.unwrap();
+        assert!(t.taken, "{}", ctx("within the burst"));
+        assert_eq!(
+            (t.remaining, t.retry_after_ms),
+            (left, 0),
+            "{}",
+            ctx("remaining")
+        );
+    }
+    let t = s.take_tokens(&p, "tb", 1, hour, 5, 1, None).await.unwrap();
+    assert!(!t.taken, "{}", ctx("past the burst"));
+    assert_eq!(t.remaining, 0);
+    assert!(
+        (hour - 5_000..=hour).contains(&t.retry_after_ms),
+        "{}: {t:?}",
+        ctx("retry")
+    );
+    assert!(
+        (5 * hour - 5_000..=5 * hour).contains(&t.reset_ms),
+        "{}: {t:?}",
+        ctx("reset")
+    );
+    // It is an ordinary entry: 17 bytes, versioned; deleting it refills it.
+    let e = s.get(&p, "tb", None).await.unwrap().unwrap();
+    assert_eq!((e.value.len(), e.value[0]), (17, 1), "{}", ctx("layout"));
+    assert!(s.delete(&p, "tb", None).await.unwrap());
+    let t = s.take_tokens(&p, "tb", 1, hour, 5, 2, None).await.unwrap();
+    assert_eq!(
+        (t.taken, t.remaining),
+        (true, 3),
+        "{}",
+        ctx("cost 2 after delete")
+    );
+    // Another layout under the key is a full bucket, replaced.
+    s.set(&p, "tb", b"not a bucket".to_vec(), None, None)
+        .await
+        .unwrap();
+    let t = s.take_tokens(&p, "tb", 1, hour, 5, 1, None).await.unwrap();
+    assert_eq!(
+        (t.taken, t.remaining),
+        (true, 4),
+        "{}",
+        ctx("foreign value")
+    );
+    // Limits the contract does not take.
+    for (rate, period, burst, cost) in [(0, hour, 5, 1), (1, hour, 5, 6), (1, 1 << 40, 1 << 20, 1)]
+    {
+        assert_eq!(
+            s.take_tokens(&p, "bad", rate, period, burst, cost, None)
+                .await,
+            Err(StateError::TooLarge),
+            "{}",
+            ctx("bad limit")
+        );
+    }
+    // Refill on the store's clock: 10 a second, burst 1.
+    assert!(
+        s.take_tokens(&p, "fast", 10, 1_000, 1, 1, None)
+            .await
+            .unwrap()
+            .taken
+    );
+    let t = s
+        .take_tokens(&p, "fast", 10, 1_000, 1, 1, None)
+        .await
+        .unwrap();
+    assert!(
+        !t.taken && t.retry_after_ms <= 100,
+        "{}: {t:?}",
+        ctx("refused")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(
+        s.take_tokens(&p, "fast", 10, 1_000, 1, 1, None)
+            .await
+            .unwrap()
+            .taken,
+        "{}",
+        ctx("refilled")
+    );
+    // Exact under contention: 8 tasks × 50 takes share a burst of 100.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, p) = (s.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut taken = 0;
+            for _ in 0..50 {
+                if s.take_tokens(&p, "shared", 1, hour, 100, 1, None)
+                    .await
+                    .unwrap()
+                    .taken
+                {
+                    taken += 1;
+                }
+            }
+            taken
+        }));
+    }
+    let mut taken = 0;
+    for t in tasks {
+        taken += t.await.unwrap();
+    }
+    assert_eq!(taken, 100, "{}", ctx("exactly the burst"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,8 +729,9 @@ async fn redis_stopped_mid_load_follows_each_policy_and_recovers() {
         text.contains("wicket_state_backend_transitions_total{backend=\"redis\",to=\"down\"} 1"),
         "{text}"
     );
+    // One `take-tokens` call per decision: the four /local requests.
     assert!(
-        text.contains("wicket_state_operations_total{backend=\"redis\",result=\"fallback\"} 7"),
+        text.contains("wicket_state_operations_total{backend=\"redis\",result=\"fallback\"} 4"),
         "{text}"
     );
 

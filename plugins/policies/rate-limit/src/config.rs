@@ -7,8 +7,9 @@ use wicket_plugin_sdk::config;
 use crate::bucket::Limit;
 use crate::key::{KeySource, MissingKey};
 
-/// Upper bounds that keep every bucket computation inside a `u64`
-/// (`burst * period_ms` ≤ 8.64e16) while being far beyond any real limit.
+/// Upper bounds far beyond any real limit. Together `burst × period_ms +
+/// rate` must also stay below 2^53, where the host's store counts exactly
+/// (checked in `parse`).
 pub(crate) const MAX_RATE: u64 = 1_000_000_000;
 pub(crate) const MAX_BURST: u64 = 1_000_000_000;
 pub(crate) const MAX_PERIOD_SECONDS: u64 = 86_400;
@@ -115,12 +116,19 @@ impl Raw {
                 return Err(format!("bucket: must be 1 to {MAX_BUCKET_NAME} characters"));
             }
         }
+        let limit = Limit {
+            rate,
+            burst,
+            period_ms: self.period_seconds * 1000,
+        };
+        if !limit.fits_host() {
+            return Err(format!(
+                "burst: {burst} tokens over {} s is more than the state store counts exactly; lower burst or period_seconds",
+                self.period_seconds
+            ));
+        }
         Ok(Config {
-            limit: Limit {
-                rate,
-                burst,
-                period_ms: self.period_seconds * 1000,
-            },
+            limit,
             key,
             missing_key: self.missing_key,
             consumer_header,

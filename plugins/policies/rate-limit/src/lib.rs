@@ -1,24 +1,24 @@
 //! Rate-limit policy plugin: an exact token bucket per client and route,
-//! shared by every pooled instance through the host's `state`.
+//! shared by every pooled instance (and, with state on Redis, every gateway)
+//! through the host's `state.take-tokens`: one atomic call per request.
 //!
-//! The decision is made in [`limiter::check`] (pure apart from the store it is
-//! given); this file is the glue: clock, metrics, and turning a
-//! verdict into HTTP. Configuration and responses: `docs/plugins/rate-limit.md`.
+//! The decision is made in [`limiter::check`] (pure apart from the buckets it
+//! is given); this file is the glue: metrics, and turning a verdict into
+//! HTTP. Configuration and responses: `docs/plugins/rate-limit.md`.
 
 mod bucket;
 mod config;
 mod key;
 mod limiter;
 
-use wicket_plugin_sdk::transact::HostStore;
 use wicket_plugin_sdk::{
-    clock, export_plugin, log, metrics, state, Hooks, Plugin, Request, RequestAction, RequestPatch,
+    export_plugin, log, metrics, state, Hooks, Plugin, Request, RequestAction, RequestPatch,
     Response,
 };
 
 use crate::bucket::{reset_secs, retry_after_secs, Quota};
 use crate::config::{Config, OnStateError};
-use crate::limiter::Verdict;
+use crate::limiter::{HostBuckets, Verdict};
 
 struct RateLimit {
     config: Config,
@@ -34,7 +34,7 @@ impl Plugin for RateLimit {
     }
 
     fn on_request(&self, request: &Request) -> RequestAction {
-        let verdict = limiter::check(&self.config, &HostStore, request, clock::now_ms());
+        let verdict = limiter::check(&self.config, &HostBuckets, request);
         observe(request, &verdict);
         respond(&self.config, verdict)
     }
@@ -47,7 +47,6 @@ fn observe(request: &Request, verdict: &Verdict<state::StateError>) {
     let decision = match verdict {
         Verdict::Allowed(_) => "allowed",
         Verdict::Limited { .. } => "limited",
-        Verdict::Contended => "contended",
         Verdict::KeyMissing => "key_missing",
         Verdict::StateFailed(e) => {
             log::log(
@@ -60,15 +59,6 @@ fn observe(request: &Request, verdict: &Verdict<state::StateError>) {
             "state_error"
         }
     };
-    if matches!(verdict, Verdict::Contended) {
-        log::log(
-            log::Level::Warn,
-            &format!(
-                "rate limit bucket on route {} too contended; request refused",
-                request.route()
-            ),
-        );
-    }
     let label = |name: &str, value: &str| metrics::Label {
         name: name.to_string(),
         value: value.to_string(),
@@ -104,21 +94,6 @@ fn respond<E>(config: &Config, verdict: Verdict<E>) -> RequestAction {
                 limit.burst
             );
             RequestAction::Respond(too_many(&message, retry, &quota))
-        }
-        // Refusing rather than admitting keeps the limit an upper bound: this
-        // only happens when the bucket is hammered by many concurrent writers,
-        // which is precisely the flood a limiter must not let through.
-        Verdict::Contended => {
-            let quota = Quota {
-                limit: limit.burst,
-                remaining: 0,
-                reset_ms: 1000,
-            };
-            RequestAction::Respond(too_many(
-                "too many concurrent requests for this rate limit; retry in 1 s",
-                1,
-                &quota,
-            ))
         }
         Verdict::KeyMissing => RequestAction::Respond(Response::json_error(
             403,
@@ -216,17 +191,6 @@ mod tests {
         assert_eq!(header(&r.headers, "ratelimit-reset"), Some("2"));
         assert_eq!(body(&r)["error"], "rate_limited");
         assert!(body(&r)["message"].as_str().unwrap().contains("10 per 1 s"));
-    }
-
-    #[test]
-    fn contention_refuses_with_429() {
-        let RequestAction::Respond(r) =
-            respond::<()>(&config(r#"{"rate": 10}"#), Verdict::Contended)
-        else {
-            panic!("expected a response");
-        };
-        assert_eq!(r.status, 429);
-        assert_eq!(header(&r.headers, "retry-after"), Some("1"));
     }
 
     #[test]
