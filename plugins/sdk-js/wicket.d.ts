@@ -77,6 +77,7 @@ export function definePolicy<Self>(definition: Definition<Self> & ThisType<Self>
 
 export interface Counter { value: number; ttlMs?: number }
 export interface Window { allowed: boolean; count: number; remaining: number; resetMs: number }
+export interface Bucket { taken: boolean; remaining: number; resetMs: number; retryAfterMs: number }
 export const state: {
   get(key: string): Uint8Array | undefined;
   getEntry(key: string): { value: Uint8Array; version: number } | undefined;
@@ -85,6 +86,7 @@ export const state: {
   increment(key: string, delta?: number, ttlMs?: number): Counter;
   delete(key: string): boolean;
   fixedWindow(key: string, limit: number, windowMs: number): Window;
+  takeTokens(key: string, rate: number, periodMs: number, burst: number, cost?: number): Bucket;
 };
 export const context: {
   get(key: string): Uint8Array | undefined;

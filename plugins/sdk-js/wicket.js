@@ -255,6 +255,15 @@ export const state = {
     return { value: Number(c.value), ttlMs: num(c.ttlMs) };
   },
   delete(key) { return call(() => wState.delete(key)); },
+  /**
+   * Take `cost` tokens from the token bucket `key` (`rate` tokens every
+   * `periodMs`, at most `burst`, starting full) in one atomic host call
+   * (contract 0.1.5): `{ taken, remaining, resetMs, retryAfterMs }`.
+   */
+  takeTokens(key, rate, periodMs, burst, cost = 1) {
+    const b = call(() => wState.takeTokens(key, BigInt(rate), BigInt(periodMs), BigInt(burst), BigInt(cost)));
+    return { taken: b.taken, remaining: Number(b.remaining), resetMs: Number(b.resetMs), retryAfterMs: Number(b.retryAfterMs) };
+  },
   /** Count one request in window `key` and say whether it is within `limit`. */
   fixedWindow(key, limit, windowMs) {
     const c = this.increment(key, 1, windowMs);
@@ -269,7 +278,7 @@ export const context = {
   set(key, value) { return wContext.set(key, bytes(value)); },
 };
 
-/** This hook call's span in the request's trace (contract 0.1.4); a no-op when not recorded. */
+/** This hook call's span in the request's trace (since contract 0.1.4); a no-op when not recorded. */
 export const span = {
   recording() { return wSpan.recording(); },
   setAttribute(key, value) { wSpan.setAttribute(key, String(value)); },

@@ -52,6 +52,40 @@ export class FakeHost {
         return { value, ttlMs: expires === undefined ? undefined : BigInt(expires - self.nowMs) };
       },
       delete(k) { self.#check(); const had = !!self.#live(k); self.entries.delete(k); return had; },
+      // The host's arithmetic (gateway/src/state/bucket.rs): tokens counted in
+      // 1/periodMs units, refilled exactly; a refusal writes nothing.
+      takeTokens(k, rate, periodMs, burst, cost) {
+        self.#check();
+        const ceil = (n, d) => (n + d - 1n) / d;
+        if (rate < 1n || periodMs < 1n || burst < 1n || cost > burst || burst * periodMs + rate >= 1n << 53n) {
+          throw stateError("too-large");
+        }
+        const cap = burst * periodMs, need = cost * periodMs, now = BigInt(self.nowMs);
+        const ttl = ceil(cap, rate) > 1n ? ceil(cap, rate) : 1n;
+        const e = self.#live(k);
+        let units = cap, last = now;
+        if (e && e.value.length === 17 && e.value[0] === 1) {
+          const view = new DataView(e.value.buffer, e.value.byteOffset, 17);
+          const stored = view.getBigUint64(9, true);
+          let elapsed = now > stored ? now - stored : 0n;
+          if (elapsed > ttl) elapsed = ttl;
+          const had = view.getBigUint64(1, true);
+          units = (had < cap ? had : cap) + elapsed * rate;
+          if (units > cap) units = cap;
+          last = stored > now ? stored : now;
+        }
+        const taken = units >= need;
+        if (taken) {
+          units -= need;
+          const buf = new Uint8Array(17);
+          buf[0] = 1;
+          const view = new DataView(buf.buffer);
+          view.setBigUint64(1, units, true);
+          view.setBigUint64(9, last, true);
+          self.#write(k, buf, self.nowMs + Number(ttl));
+        }
+        return { taken, remaining: units / periodMs, resetMs: ceil(cap - units, rate), retryAfterMs: taken ? 0n : ceil(need - units, rate) };
+      },
     };
     this.context = {
       get: (k) => self.contextValues.get(k),

@@ -33,7 +33,7 @@ __all__ = [
     "Policy", "export", "ConfigError", "StateError", "Request", "ResponseHead",
     "Outcome", "Proceed", "Respond", "Keep", "Replace", "proceed", "respond",
     "keep", "replace", "state", "context", "span", "log", "metrics", "clock",
-    "upstreams", "config", "Counter", "Window", "TraceContext",
+    "upstreams", "config", "Counter", "Window", "Bucket", "TraceContext",
 ]
 
 Headers = Union[None, Dict[str, Union[str, bytes]], Iterable[Tuple[str, Union[str, bytes]]]]
@@ -443,6 +443,18 @@ class Window:
     reset_ms: int
 
 
+@dataclass
+class Bucket:
+    """One `take_tokens` step (contract 0.1.5): whether the tokens were
+    taken, whole tokens left, milliseconds until the bucket is full again
+    (`RateLimit-Reset`), and when refused, milliseconds until `cost` tokens
+    are there (`Retry-After`)."""
+    taken: bool
+    remaining: int
+    reset_ms: int
+    retry_after_ms: int
+
+
 class _State:
     """Key-value state shared by every instance of this plugin."""
 
@@ -471,6 +483,14 @@ class _State:
     def delete(self, key: str) -> bool:
         return _call(_host.module("state").delete, key)
 
+    def take_tokens(self, key: str, rate: int, period_ms: int, burst: int, cost: int = 1) -> Bucket:
+        """Take `cost` tokens from the token bucket `key` (refilled with
+        `rate` tokens every `period_ms`, at most `burst`, starting full) in
+        one atomic host call: a rate limit exact across instances and, with
+        state on Redis, across gateways."""
+        b = _call(_host.module("state").take_tokens, key, rate, period_ms, burst, cost)
+        return Bucket(b.taken, b.remaining, b.reset_ms, b.retry_after_ms)
+
     def fixed_window(self, key: str, limit: int, window_ms: int) -> Window:
         """Count one request in the window `key` (created with `window_ms`
         on first use) and say whether it is within `limit`."""
@@ -490,7 +510,7 @@ class _Context:
 
 
 class _Span:
-    """This hook call's span in the request's trace (contract 0.1.4): when
+    """This hook call's span in the request's trace (since contract 0.1.4): when
     the request is not recorded, every call does nothing."""
 
     def recording(self) -> bool:

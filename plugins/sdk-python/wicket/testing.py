@@ -56,7 +56,8 @@ class FakeHost:
         self.state = SimpleNamespace(
             get=self._get, set=self._set, compare_and_swap=self._cas,
             increment=lambda k, d, t: self._increment(k, d, t).value,
-            increment_with_ttl=self._increment, delete=self._delete)
+            increment_with_ttl=self._increment, delete=self._delete,
+            take_tokens=self._take_tokens)
         self.context = SimpleNamespace(get=self.context_values.get, set=self._context_set)
         # Spans: recorded as (kind, name, value) so a test can assert them.
         self.span_notes = []
@@ -127,6 +128,30 @@ class FakeHost:
         value = current + delta
         self._write(key, value.to_bytes(8, "little", signed=True), expires)
         return SimpleNamespace(value=value, ttl_ms=None if expires is None else expires - self.now_ms)
+
+    def _take_tokens(self, key, rate, period_ms, burst, cost):
+        # The host's arithmetic (gateway/src/state/bucket.rs): tokens counted
+        # in 1/period_ms units, refilled exactly, a refusal writes nothing.
+        self._check()
+        if min(rate, period_ms, burst) < 1 or cost > burst or burst * period_ms + rate >= 1 << 53:
+            raise _Err("too-large")
+        cap, need = burst * period_ms, cost * period_ms
+        ttl = max(-(-cap // rate), 1)
+        e = self._live(key)
+        units, last = cap, self.now_ms
+        if e is not None and len(e[0]) == 17 and e[0][0] == 1:
+            stored_last = int.from_bytes(e[0][9:17], "little")
+            elapsed = min(max(self.now_ms - stored_last, 0), ttl)
+            units = min(min(int.from_bytes(e[0][1:9], "little"), cap) + elapsed * rate, cap)
+            last = max(stored_last, self.now_ms)
+        taken = units >= need
+        if taken:
+            units -= need
+            self._write(key, bytes([1]) + units.to_bytes(8, "little") + last.to_bytes(8, "little"),
+                        self.now_ms + ttl)
+        return SimpleNamespace(taken=taken, remaining=units // period_ms,
+                               reset_ms=-(-(cap - units) // rate),
+                               retry_after_ms=0 if taken else -(-(need - units) // rate))
 
     def _delete(self, key):
         self._check()
