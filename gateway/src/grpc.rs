@@ -187,14 +187,13 @@ pub fn reframe(resp: Response<Body>) -> Response<Body> {
         header::RETRY_AFTER,
         header::WWW_AUTHENTICATE,
         HeaderName::from_static("x-wicket-generation"),
-        header::VARY,
     ] {
         if let Some(v) = resp.headers().get(&name) {
             out.headers_mut().insert(name, v.clone());
         }
     }
     for (name, value) in resp.headers() {
-        if name.as_str().starts_with("access-control-") {
+        if name == header::VARY || name.as_str().starts_with("access-control-") {
             out.headers_mut().append(name.clone(), value.clone());
         }
     }

@@ -37,7 +37,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     let (mut parts, body) = req.into_parts();
     let begun = Begun::new(&snapshot, &parts, &conn);
     let listener = snapshot.listener(conn.listener);
-    let grpc = crate::grpc::kind(&parts.headers);
+    let grpc = grpc_kind(&parts);
 
     // 1. Admit: head within limits, one authority (covered by the TLS
     //    certificate, if any), one normalised path.
@@ -165,13 +165,31 @@ pub async fn handle(snapshot: Arc<Snapshot>, req: Request<Incoming>, conn: Conn)
     record(&snapshot, &parts, served, resp, &begun)
 }
 
+/// The request's gRPC kind. A CONNECT is never gRPC, whatever its
+/// `content-type`: its answer must keep its status (a 2xx to CONNECT opens
+/// a tunnel), and gRPC answers are always 200.
+fn grpc_kind(parts: &http::request::Parts) -> Option<crate::grpc::Kind> {
+    if parts.method == http::Method::CONNECT {
+        return None;
+    }
+    crate::grpc::kind(&parts.headers)
+}
+
 fn route<'s>(
     snapshot: &'s Snapshot,
     authority: &Authority,
     parts: &http::request::Parts,
 ) -> Result<(&'s crate::snapshot::Route, crate::router::Params), ProxyError> {
+    // A CONNECT that got here is an HTTP/2 WebSocket (`admit` refused the
+    // rest): it is routed as the GET it becomes, so `methods: [GET]` routes
+    // take WebSocket over either HTTP version alike.
+    let method = if parts.method == http::Method::CONNECT {
+        &http::Method::GET
+    } else {
+        &parts.method
+    };
     snapshot
-        .lookup(authority.host(), &parts.method, parts.uri.path())
+        .lookup(authority.host(), method, parts.uri.path())
         .map_err(|lookup| match lookup {
             Lookup::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed {
                 method: parts.method.to_string(),
@@ -404,6 +422,8 @@ fn open_tunnel(
             // gone (hop-by-hop).
             *resp.status_mut() = http::StatusCode::OK;
             resp.headers_mut().remove(SEC_WEBSOCKET_ACCEPT);
+            // A 2xx to CONNECT carries no body (hyper resets one that says so).
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         None => keep_upgrade_headers(resp.headers_mut()),
     }
@@ -658,10 +678,7 @@ fn finish_early(
     if let Some(body) = body.into() {
         request::linger(body);
     }
-    let resp = finish_grpc(
-        crate::grpc::kind(&parts.headers).as_ref(),
-        e.to_response(&begun.id),
-    );
+    let resp = finish_grpc(grpc_kind(parts).as_ref(), e.to_response(&begun.id));
     finish_unrouted(snapshot, resp, parts, authority, Some(e.code()), begun)
 }
 

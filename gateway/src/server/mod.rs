@@ -140,8 +140,9 @@ impl Tracker {
     fn close(&self, mode: u8) {
         self.mode.fetch_max(mode, Ordering::SeqCst);
         // Every waiter: the connection's task and each tunnel on it (an
-        // HTTP/2 connection carries several); and a permit for a waiter
-        // between two waits.
+        // HTTP/2 connection carries several); and a permit for a handshake
+        // not yet waiting. A waiter in a loop reads the mode on every pass,
+        // so a permit taken by another does not hide a close from it.
         self.wake.notify_waiters();
         self.wake.notify_one();
     }
@@ -695,6 +696,26 @@ async fn watch_connection<C: Graceful>(
     let mut closing = false;
     let mut cut_at: Option<Instant> = None;
     loop {
+        // Registered before the mode is read, so a close between the two is
+        // not missed; and the mode is read on every pass, not only when woken,
+        // because a tunnel on this connection may have taken the wake-up.
+        let woken = tracker.wake.notified();
+        let mut woken = std::pin::pin!(woken);
+        woken.as_mut().enable();
+        match tracker.mode.load(Ordering::SeqCst) {
+            ABORT => return,
+            RUN => {}
+            mode => {
+                if !closing {
+                    c.as_mut().graceful();
+                    closing = true;
+                }
+                if mode == ABUSE {
+                    let soon = Instant::now() + ABUSE_GRACE;
+                    cut_at = Some(cut_at.map_or(soon, |t| t.min(soon)));
+                }
+            }
+        }
         let wake_at = if closing {
             cut_at
         } else {
@@ -713,20 +734,8 @@ async fn watch_connection<C: Graceful>(
                 }
                 return;
             }
-            _ = tracker.wake.notified() => {
-                let mode = tracker.mode.load(Ordering::SeqCst);
-                if mode == ABORT {
-                    return;
-                }
-                if !closing {
-                    c.as_mut().graceful();
-                    closing = true;
-                }
-                if mode == ABUSE {
-                    let soon = Instant::now() + ABUSE_GRACE;
-                    cut_at = Some(cut_at.map_or(soon, |t| t.min(soon)));
-                }
-            }
+            // The new mode is acted on at the top of the loop.
+            _ = woken => {}
             _ = timer => {
                 if closing {
                     tracing::debug!(client = %conn.client, "cut after the grace period");

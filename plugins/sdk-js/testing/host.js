@@ -55,11 +55,11 @@ export class FakeHost {
       // The host's arithmetic (gateway/src/state/bucket.rs): tokens counted in
       // 1/periodMs units, refilled exactly; a refusal writes nothing.
       takeTokens(k, rate, periodMs, burst, cost) {
-        self.#check();
         const ceil = (n, d) => (n + d - 1n) / d;
         if (rate < 1n || periodMs < 1n || burst < 1n || cost > burst || burst * periodMs + rate >= 1n << 53n) {
           throw stateError("too-large");
         }
+        self.#check();
         const cap = burst * periodMs, need = cost * periodMs, now = BigInt(self.nowMs);
         const ttl = ceil(cap, rate) > 1n ? ceil(cap, rate) : 1n;
         const e = self.#live(k);

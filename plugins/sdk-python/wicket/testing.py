@@ -132,9 +132,9 @@ class FakeHost:
     def _take_tokens(self, key, rate, period_ms, burst, cost):
         # The host's arithmetic (gateway/src/state/bucket.rs): tokens counted
         # in 1/period_ms units, refilled exactly, a refusal writes nothing.
-        self._check()
-        if min(rate, period_ms, burst) < 1 or cost > burst or burst * period_ms + rate >= 1 << 53:
+        if min(rate, period_ms, burst) < 1 or not 0 <= cost <= burst or burst * period_ms + rate >= 1 << 53:
             raise _Err("too-large")
+        self._check()
         cap, need = burst * period_ms, cost * period_ms
         ttl = max(-(-cap // rate), 1)
         e = self._live(key)

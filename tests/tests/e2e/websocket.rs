@@ -59,6 +59,10 @@ routes:
     websocket: {{ {extra} }}
     plugins:
       - {{ name: key-auth, config: {{ keys: {{ "k-alice": alice }} }} }}
+  - name: chat-get
+    match: {{ path: "/chat-get", methods: [GET] }}
+    upstream: ws
+    websocket: {{}}
   - name: not-ws
     match: {{ path: "/plain" }}
     upstream: plain
@@ -353,6 +357,10 @@ async fn websockets_over_http2_echo_through_the_gateway_after_auth_two_on_one_co
     while let Some(Ok(_)) = a.next().await {}
     echoes(&mut b, "still here").await;
     assert_eq!(accepted.load(SeqCst), 2);
+    // A route that takes only GET takes WebSocket over HTTP/2 too: the
+    // CONNECT is routed as the GET it becomes.
+    let mut c = h2_websocket(&mut send, "/chat-get", None).await.unwrap();
+    echoes(&mut c, "routed as GET").await;
     // Plain requests share the connection meanwhile.
     let req = http::Request::get(format!("http://{}/plain", gw.gateway.addrs()[0]))
         .body(http_body_util::Empty::new())
@@ -382,6 +390,17 @@ async fn an_http2_websocket_opens_only_on_the_upstreams_101_and_connect_is_other
         .body(http_body_util::Empty::new())
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // A gRPC content type does not turn the refusal into gRPC's HTTP 200,
+    // which would read as a tunnel opening.
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://chat.test/no-upgrades")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    assert_eq!(send.send_request(req).await.unwrap().status(), 405);
     // A plain CONNECT over HTTP/1.1 is refused too (the gateway is no
     // forward proxy), in both request-target forms.
     for target in ["127.0.0.1:9", "/chat"] {

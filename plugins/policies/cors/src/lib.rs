@@ -184,13 +184,16 @@ impl Cors {
                 patch = patch.set_header("vary", vary);
             }
         }
-        let Some(origin) = self.allowed_origin(request) else {
-            return patch;
+        let value = match (&self.config.origins, self.config.allow_credentials) {
+            // Every origin, no credentials: the same `*` on every response,
+            // with or without `Origin`, so caches need not vary on it.
+            (Origins::Any, false) => "*".to_string(),
+            _ => match self.allowed_origin(request) {
+                Some(origin) => origin,
+                None => return patch,
+            },
         };
-        patch = patch.set_header(
-            "access-control-allow-origin",
-            self.allow_origin_value(&origin),
-        );
+        patch = patch.set_header("access-control-allow-origin", value);
         if let Some(expose) = &self.expose_headers {
             patch = patch.set_header("access-control-expose-headers", expose);
         }
@@ -448,6 +451,23 @@ mod tests {
             value(&patch.set_headers, "vary"),
             Some("accept-encoding, origin")
         );
+    }
+
+    #[test]
+    fn any_origin_grants_star_on_every_response_without_vary() {
+        let p = plugin(r#"{"allow_origins": ["*"]}"#);
+        let upstream = ResponseHead::new(200, vec![]);
+        for req in [
+            request("GET", &[]),
+            request("GET", &[("origin", "https://x.test")]),
+        ] {
+            let patch = p.response_patch(&req, &upstream);
+            assert_eq!(
+                value(&patch.set_headers, "access-control-allow-origin"),
+                Some("*")
+            );
+            assert_eq!(value(&patch.set_headers, "vary"), None);
+        }
     }
 
     #[test]

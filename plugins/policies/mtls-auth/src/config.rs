@@ -126,7 +126,10 @@ impl Entry {
             // their canonical text, so those are lower-cased here too; URIs
             // and email addresses are matched exactly as written.
             (None, Some(san), None) if !san.is_empty() => {
-                if san.contains("://") || san.contains('@') {
+                if let Ok(ip) = san.parse::<std::net::IpAddr>() {
+                    // `0:0::1` is `::1`, as the gateway writes it.
+                    Criterion::San(ip.to_string())
+                } else if san.contains("://") || san.contains('@') {
                     Criterion::San(san.clone())
                 } else {
                     Criterion::San(san.to_ascii_lowercase())
@@ -175,6 +178,8 @@ mod tests {
             .map(|c| std::str::from_utf8(c).unwrap())
             .collect::<Vec<_>>()
             .join(":");
+        let c = Config::parse(r#"{"consumers": [{"consumer": "a", "san": "0:0::1"}]}"#).unwrap();
+        assert_eq!(c.consumers[0].criterion(), Ok(Criterion::San("::1".into())));
         let c = Config::parse(&format!(
             r#"{{"consumers": [{{"consumer": "a", "san": "SVC-A.Internal"}},
                               {{"consumer": "b", "sha256": "{upper_colons}"}},
