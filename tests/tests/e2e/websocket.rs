@@ -94,11 +94,20 @@ async fn h2_connection(
     tokio::spawn(conn);
     // As a browser does, wait for the server's SETTINGS: the answer to a
     // first request comes after them.
-    let req = http::Request::get(format!("http://{}/no-upgrades", gw.gateway.addrs()[0]))
+    h2_get(&mut send, gw, "/no-upgrades").await;
+    send
+}
+
+/// A plain GET on `send`'s connection; its status.
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    gw: &TestGateway,
+    path: &str,
+) -> u16 {
+    let req = http::Request::get(format!("http://{}{path}", gw.gateway.addrs()[0]))
         .body(http_body_util::Empty::new())
         .unwrap();
-    send.send_request(req).await.unwrap();
-    send
+    send.send_request(req).await.unwrap().status().as_u16()
 }
 
 type H2Socket =
@@ -362,10 +371,7 @@ async fn websockets_over_http2_echo_through_the_gateway_after_auth_two_on_one_co
     let mut c = h2_websocket(&mut send, "/chat-get", None).await.unwrap();
     echoes(&mut c, "routed as GET").await;
     // Plain requests share the connection meanwhile.
-    let req = http::Request::get(format!("http://{}/plain", gw.gateway.addrs()[0]))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(h2_get(&mut send, &gw, "/plain").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,10 +392,7 @@ async fn an_http2_websocket_opens_only_on_the_upstreams_101_and_connect_is_other
     assert_eq!(status, 405);
     assert_eq!(body["error"], "connect_not_allowed");
     // The connection is still good for plain requests.
-    let req = http::Request::get(format!("http://{}/plain", gw.gateway.addrs()[0]))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    assert_eq!(h2_get(&mut send, &gw, "/plain").await, 200);
     // A gRPC content type does not turn the refusal into gRPC's HTTP 200,
     // which would read as a tunnel opening.
     let mut req = http::Request::builder()
