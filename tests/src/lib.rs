@@ -698,6 +698,23 @@ impl TlsConn {
     }
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`; the
+/// connection runs on its own task.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// Run `curl` with `args` and return (exit code, stdout, stderr).
 pub fn curl(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new("curl")

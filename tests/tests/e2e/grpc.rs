@@ -383,16 +383,7 @@ async fn raw_call(
     frame.put_u32(ping.encoded_len() as u32);
     ping.encode(&mut frame).unwrap();
     // The gateway's address, with `host` as the `:authority`.
-    let tcp = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = wicket_tests::h2c(gw.gateway.addrs()[0]).await;
     let req = http::Request::post(format!("http://{host}/test.Echo/Unary"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -658,16 +649,7 @@ async fn a_grpc_web_page_on_an_allowed_origin_passes_its_preflight_and_reads_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_still_open_at_its_grpc_timeout_ends_with_deadline_exceeded() {
     let gw = gateway().await;
-    let tcp = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = wicket_tests::h2c(gw.gateway.addrs()[0]).await;
     // A request body that never ends: the stream stays open.
     let (_keep, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);

@@ -82,16 +82,7 @@ routes:
 async fn h2_connection(
     gw: &TestGateway,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(gw.gateway.addrs()[0])
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = wicket_tests::h2c(gw.gateway.addrs()[0]).await;
     // As a browser does, wait for the server's SETTINGS: the answer to a
     // first request comes after them.
     h2_get(&mut send, gw, "/no-upgrades").await;
