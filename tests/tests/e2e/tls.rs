@@ -89,6 +89,16 @@ routes:
         curl(&args)
     }
 
+    /// `GET /r` for `host` on a new HTTP/2 connection (SNI `host`) that
+    /// presents `cert`, if any.
+    async fn get_as(&self, cert: Option<&pki::Issued>, host: &str) -> wicket_tests::Reply {
+        let config = pki::client_config(&self.ca.pem, &["h2"], cert);
+        let mut c = TlsConn::connect(self.gw.gateway.addrs()[0], host, config)
+            .await
+            .unwrap();
+        c.get(host, "/r").await.unwrap()
+    }
+
     async fn connect(&self, sni: &str) -> std::io::Result<TlsConn> {
         TlsConn::connect(
             self.gw.gateway.addrs()[0],
@@ -380,19 +390,9 @@ async fn the_mtls_auth_policy_admits_only_listed_client_certificates_on_its_rout
     // The listener verifies any certificate from the CA but does not require
     // one; the mtls-auth plugin on route `m` decides who passes there.
     let site = Site::start("      client_auth: { ca: ca.pem, mode: optional }", false).await;
-    let addr = site.gw.gateway.addrs()[0];
-    let connect = |cert: Option<&pki::Issued>| {
-        let config = pki::client_config(&site.ca.pem, &["h2"], cert);
-        TlsConn::connect(addr, "m.b.test", config)
-    };
     // The listed certificate: through, as its consumer.
     let svc_a = site.ca.client("svc-a", "svc-a.internal");
-    let r = connect(Some(&svc_a))
-        .await
-        .unwrap()
-        .get("m.b.test", "/r")
-        .await
-        .unwrap();
+    let r = site.get_as(Some(&svc_a), "m.b.test").await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.echoed_header("x-wicket-consumer").as_deref(),
@@ -428,31 +428,16 @@ async fn the_mtls_auth_policy_admits_only_listed_client_certificates_on_its_rout
     // Another certificate from the same CA: verified by the listener, but not
     // listed on this route.
     let svc_b = site.ca.client("svc-b", "svc-b.internal");
-    let r = connect(Some(&svc_b))
-        .await
-        .unwrap()
-        .get("m.b.test", "/r")
-        .await
-        .unwrap();
+    let r = site.get_as(Some(&svc_b), "m.b.test").await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "client_certificate_not_allowed");
     // No certificate at all: 401 with the challenge.
-    let r = connect(None)
-        .await
-        .unwrap()
-        .get("m.b.test", "/r")
-        .await
-        .unwrap();
+    let r = site.get_as(None, "m.b.test").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "client_certificate_required");
     assert_eq!(r.headers["www-authenticate"], r#"MutualTLS realm="wicket""#);
     // A route without the policy still serves that client.
-    let r = connect(None)
-        .await
-        .unwrap()
-        .get("x.b.test", "/r")
-        .await
-        .unwrap();
+    let r = site.get_as(None, "x.b.test").await;
     assert_eq!(r.status, 200);
     // Decisions are counted under the plugin's metric.
     let text = site.gw.gateway.shared().runtime().metrics().encode();
