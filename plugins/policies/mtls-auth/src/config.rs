@@ -16,6 +16,10 @@ pub(crate) struct Config {
     /// Headers that carry facts about the certificate upstream.
     #[serde(default)]
     pub(crate) forward: Forward,
+    /// What each entry matches, with its position in `consumers`: filled by
+    /// `parse`, once every entry is known to be valid.
+    #[serde(skip)]
+    pub(crate) criteria: std::collections::HashMap<Criterion, usize>,
 }
 
 /// One accepted certificate: exactly one of `subject`, `san`, `sha256`.
@@ -72,11 +76,11 @@ impl Config {
         {
             *header = header.to_ascii_lowercase();
         }
-        config.validate()?;
+        config.criteria = config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<std::collections::HashMap<Criterion, usize>, String> {
         if self.consumers.is_empty() {
             return Err(
                 "consumers: must list at least one certificate (by subject, san or sha256) and its consumer"
@@ -105,7 +109,7 @@ impl Config {
                 return Err(format!("{field}: must differ from {other}"));
             }
         }
-        Ok(())
+        Ok(seen)
     }
 }
 

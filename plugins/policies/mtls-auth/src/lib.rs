@@ -60,17 +60,13 @@ impl MtlsAuth {
             forward_subject: config.forward.subject,
             forward_sha256: config.forward.sha256,
         };
-        for (i, entry) in config.consumers.into_iter().enumerate() {
-            // `Config::parse` has checked every entry.
-            let Ok(criterion) = entry.criterion() else {
-                continue;
-            };
+        for (criterion, i) in config.criteria {
             let (table, key) = match criterion {
                 Criterion::Subject(s) => (&mut plugin.by_subject, s),
                 Criterion::San(s) => (&mut plugin.by_san, s),
                 Criterion::Sha256(s) => (&mut plugin.by_sha256, s),
             };
-            table.insert(key, (i, entry.consumer));
+            table.insert(key, (i, config.consumers[i].consumer.clone()));
         }
         plugin
     }
