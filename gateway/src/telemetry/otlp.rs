@@ -119,9 +119,12 @@ const ROOM: usize = 6;
 const SCOPE: &str = "wicket";
 
 impl Batch {
-    /// Start a request for the gateway's resource.
-    pub(crate) fn new(resource: &[u8], capacity: usize) -> Batch {
-        let mut out = Vec::with_capacity(2 * ROOM + resource.len() + 16 + capacity * 300);
+    /// Start a request for the gateway's resource, in `spare` (an empty
+    /// buffer a sent batch left) when there is one.
+    pub(crate) fn new(resource: &[u8], capacity: usize, spare: Option<Vec<u8>>) -> Batch {
+        let mut out = spare.unwrap_or_default();
+        out.clear();
+        out.reserve(2 * ROOM + resource.len() + 16 + capacity * 300);
         out.extend_from_slice(&[0; ROOM]);
         out.extend_from_slice(resource);
         out.extend_from_slice(&[0; ROOM]);
@@ -201,6 +204,22 @@ impl Batch {
         out[start..resource_at].copy_from_slice(&head);
         Bytes::from(out).slice(start..)
     }
+}
+
+/// The buffer a sent batch was written in, emptied, for the next batch —
+/// when nothing else holds it any more. A batch is large (about 300 bytes a
+/// span): allocating and freeing one per batch made glibc consolidate its
+/// free lists on every free, which the requests around it paid for.
+pub(crate) fn reclaim(mut sent: Bytes) -> Option<Vec<u8>> {
+    if !sent.is_unique() {
+        return None;
+    }
+    // Nothing to keep: cut short first, so taking the buffer back copies a
+    // byte rather than the batch (cutting to nothing would let it go).
+    sent.truncate(1);
+    let mut v = Vec::from(sent);
+    v.clear();
+    (v.capacity() > 0).then_some(v)
 }
 
 /// A span's fixed fields.
@@ -427,7 +446,7 @@ mod tests {
             ("service.name", "wicket"),
             ("deployment.environment", "test"),
         ]);
-        let mut batch = Batch::new(&resource, 2);
+        let mut batch = Batch::new(&resource, 2, None);
         let long = "x".repeat(300);
         batch.span(
             &Span {
@@ -546,7 +565,7 @@ mod tests {
     #[test]
     fn a_large_batch_has_its_lengths_in_more_bytes() {
         let resource = resource([("service.name", "wicket")]);
-        let mut batch = Batch::new(&resource, 1);
+        let mut batch = Batch::new(&resource, 1, None);
         let value = "v".repeat(200);
         for i in 0..200u8 {
             let span = Span {
@@ -574,8 +593,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sent_batch_buffer_is_reused_only_when_nothing_else_holds_it() {
+        let resource = resource([("service.name", "wicket")]);
+        let one = |spare| {
+            let mut batch = Batch::new(&resource, 4, spare);
+            let span = Span {
+                trace_id: [3; 16],
+                span_id: [4; 8],
+                parent: None,
+                parent_remote: false,
+                trace_state: "",
+                sampled: true,
+                name: &["s"],
+                kind: Kind::Internal,
+                start: 1,
+                end: 2,
+                error: None,
+            };
+            batch.span(&span, |a| a.str("k", "v"));
+            batch.finish()
+        };
+        let first = one(None);
+        let held = first.clone();
+        assert!(reclaim(first).is_none(), "a buffer still held elsewhere");
+        let buffer = reclaim(held).expect("the last holder gives it back");
+        assert!(buffer.is_empty());
+        let (at, capacity) = (buffer.as_ptr(), buffer.capacity());
+        let second = one(Some(buffer));
+        // The same allocation, and the same bytes as a fresh buffer gives.
+        assert_eq!(second, one(None));
+        let again = reclaim(second).expect("unique");
+        assert_eq!((again.as_ptr(), again.capacity()), (at, capacity));
+    }
+
+    #[test]
     fn an_empty_batch_is_no_request() {
-        assert!(Batch::new(&resource([]), 0).finish().is_empty());
+        assert!(Batch::new(&resource([]), 0, None).finish().is_empty());
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl Tracing {
             filling: Mutex::new(None),
             resource,
             full: Mutex::new(std::collections::VecDeque::new()),
+            spare: Mutex::new(Vec::new()),
             spans: AtomicUsize::new(0),
             max_spans: cfg.max_queue_spans,
             batch_spans: cfg.max_batch_spans,
@@ -295,6 +296,9 @@ struct Queue {
     resource: Vec<u8>,
     /// Batches ready to be sent, with their span counts.
     full: Mutex<std::collections::VecDeque<(Bytes, usize)>>,
+    /// Buffers of sent batches, emptied, for the next ones (at most
+    /// `SPARE_BUFFERS`).
+    spare: Mutex<Vec<Vec<u8>>>,
     /// Spans in `filling` and `full`, bounded by `max_spans`.
     spans: AtomicUsize,
     max_spans: usize,
@@ -317,7 +321,10 @@ impl Queue {
             return;
         }
         let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = filling.get_or_insert_with(|| Batch::new(&self.resource, self.batch_spans));
+        let batch = filling.get_or_insert_with(|| {
+            let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            Batch::new(&self.resource, self.batch_spans, spare)
+        });
         trace.encode(r, batch);
         if batch.spans() >= self.batch_spans {
             let full = filling.take();
@@ -348,6 +355,14 @@ impl Queue {
         self.seal(partial);
     }
 
+    /// Keep the buffer of a batch that has been sent for a later batch.
+    fn recycle(&self, sent: Bytes) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            spare.extend(otlp::reclaim(sent));
+        }
+    }
+
     /// The next batch to send; its spans no longer count against the bound.
     fn take(&self) -> Option<(Bytes, usize)> {
         let next = self
@@ -359,6 +374,9 @@ impl Queue {
         Some(next)
     }
 }
+
+/// Batch buffers kept for reuse: one being filled while one is sent.
+const SPARE_BUFFERS: usize = 2;
 
 /// Send batches when one is full, what is queued at each flush interval, and
 /// once more when stopping.
@@ -378,7 +396,10 @@ async fn export(queue: Arc<Queue>, sender: otlp::Sender, flush: Duration) {
             queue.seal_partial();
         }
         while let Some((body, n)) = queue.take() {
-            match sender.send(body).await {
+            let sent = body.clone();
+            let result = sender.send(body).await;
+            queue.recycle(sent);
+            match result {
                 Ok(()) => {
                     queue.counters.exported.inc_by(n as u64);
                     if std::mem::take(&mut failing) {
