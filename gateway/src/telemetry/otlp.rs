@@ -208,8 +208,8 @@ impl Batch {
 
 /// The buffer a sent batch was written in, emptied, for the next batch —
 /// when nothing else holds it any more. A batch is large (about 300 bytes a
-/// span): allocating and freeing one per batch made glibc consolidate its
-/// free lists on every free, which the requests around it paid for.
+/// span, ≈ 150 KB for 512): reusing its buffer spares the allocator a large
+/// allocation and free per batch, in the heap the requests allocate from.
 pub(crate) fn reclaim(mut sent: Bytes) -> Option<Vec<u8>> {
     if !sent.is_unique() {
         return None;
