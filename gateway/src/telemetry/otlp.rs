@@ -562,26 +562,30 @@ mod tests {
         assert_eq!(req.encoded_len(), bytes.len());
     }
 
+    /// A root internal span named `s`, its ids filled with `i`.
+    fn internal(i: u8) -> Span<'static> {
+        Span {
+            trace_id: [i; 16],
+            span_id: [i; 8],
+            parent: None,
+            parent_remote: false,
+            trace_state: "",
+            sampled: true,
+            name: &["s"],
+            kind: Kind::Internal,
+            start: 1,
+            end: 2,
+            error: None,
+        }
+    }
+
     #[test]
     fn a_large_batch_has_its_lengths_in_more_bytes() {
         let resource = resource([("service.name", "wicket")]);
         let mut batch = Batch::new(&resource, 1, None);
         let value = "v".repeat(200);
         for i in 0..200u8 {
-            let span = Span {
-                trace_id: [i; 16],
-                span_id: [i; 8],
-                parent: None,
-                parent_remote: false,
-                trace_state: "",
-                sampled: true,
-                name: &["s"],
-                kind: Kind::Internal,
-                start: 1,
-                end: 2,
-                error: None,
-            };
-            batch.span(&span, |a| a.str("k", &value));
+            batch.span(&internal(i), |a| a.str("k", &value));
         }
         let bytes = batch.finish();
         assert!(bytes.len() > 1 << 14);
@@ -597,20 +601,7 @@ mod tests {
         let resource = resource([("service.name", "wicket")]);
         let one = |spare| {
             let mut batch = Batch::new(&resource, 4, spare);
-            let span = Span {
-                trace_id: [3; 16],
-                span_id: [4; 8],
-                parent: None,
-                parent_remote: false,
-                trace_state: "",
-                sampled: true,
-                name: &["s"],
-                kind: Kind::Internal,
-                start: 1,
-                end: 2,
-                error: None,
-            };
-            batch.span(&span, |a| a.str("k", "v"));
+            batch.span(&internal(3), |a| a.str("k", "v"));
             batch.finish()
         };
         let first = one(None);
